@@ -1,0 +1,27 @@
+"""Attention mechanisms for vision transformers, behind one registry.
+
+Importing this package registers every attention (explicit imports below);
+nothing else happens at import time. ``attentions`` never imports ``suite``.
+"""
+from . import elfatt, exact, linear  # noqa: F401  (registration)
+from .base import Attention, Unavailable, Unsupported
+from .registry import (
+    AttentionInfo,
+    attention_info,
+    attention_options,
+    create_attention,
+    list_attentions,
+    register_attention,
+)
+
+__all__ = [
+    "Attention",
+    "AttentionInfo",
+    "Unavailable",
+    "Unsupported",
+    "attention_info",
+    "attention_options",
+    "create_attention",
+    "list_attentions",
+    "register_attention",
+]

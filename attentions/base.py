@@ -1,0 +1,121 @@
+"""The shared shape of every attention: timm's constructor, ``forward(x, hw)``.
+
+FLOP convention (used by every ``core_flops``): a matmul of (M x K) by (K x N)
+is 2*M*N*K; a depthwise k x k convolution is 2*k*k per output element.
+Softmax, exp, normalisation and other elementwise work is *not* counted, which
+is also what ``torch.utils.flop_counter.FlopCounterMode`` counts, so the two
+can be compared exactly on matmul-only paths.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+
+class Unsupported(RuntimeError):
+    """This attention cannot run this case here (dtype, device, backend...)."""
+
+
+class Unavailable(Unsupported):
+    """An optional package this attention needs is missing or unusable."""
+
+
+def check_heads(dim: int, num_heads: int) -> int:
+    """Head width, or a clear error when heads do not divide dim."""
+    if num_heads < 1 or dim % num_heads:
+        divisors = [h for h in range(1, dim + 1) if dim % h == 0]
+        raise ValueError(f"heads={num_heads} does not divide dim={dim}; valid heads for dim={dim}: {divisors}")
+    return dim // num_heads
+
+
+def lepe_conv(channels: int) -> nn.Conv2d:
+    """LePE: depthwise 3x3 convolution, padding 1, with bias."""
+    return nn.Conv2d(channels, channels, kernel_size=3, padding=1, groups=channels, bias=True)
+
+
+def to_map(t: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+    """(B, h, N, d) -> (B, h*d, H, W), channels in head order (channel = head*d + j)."""
+    B, h, N, d = t.shape
+    return t.permute(0, 1, 3, 2).reshape(B, h * d, hw[0], hw[1])
+
+
+def from_map(m: torch.Tensor, heads: int) -> torch.Tensor:
+    """(B, h*d, H, W) -> (B, h, N, d); inverse of ``to_map``."""
+    B, C, H, W = m.shape
+    return m.reshape(B, heads, C // heads, H * W).permute(0, 1, 3, 2)
+
+
+def apply_lepe(conv: nn.Conv2d, v: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+    """Depthwise conv of v's channels over the H x W map; (B, h, N, d) -> same."""
+    return from_map(conv(to_map(v, hw)), v.shape[1])
+
+
+def dwconv_flops(batch: int, channels: int, hw: tuple[int, int], k: int = 3) -> int:
+    return 2 * k * k * batch * channels * hw[0] * hw[1]
+
+
+class Attention(nn.Module):
+    """Base class: qkv -> ``attend`` (core [+ LePE]) -> merge heads -> proj.
+
+    Subclasses implement ``core(q, k, v, hw)`` on (B, h, N, d) tensors and
+    ``core_flops(batch, hw)``. ``attend`` is what the ``op`` workload times.
+    """
+
+    registry_name: str = ""
+    #: True when ``core`` is exactly softmax(QK^T/sqrt(d))V over all tokens.
+    exact: bool = False
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, lepe: bool = False):
+        super().__init__()
+        self.dim = dim
+        self.num_heads = num_heads
+        self.head_dim = check_heads(dim, num_heads)
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)  # output laid out as (3, h, d)
+        self.proj = nn.Linear(dim, dim)
+        self.lepe = lepe_conv(dim) if lepe else None
+
+    # -- the computation -------------------------------------------------
+    def forward(self, x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+        B, N, C = x.shape
+        if N != hw[0] * hw[1]:
+            raise ValueError(f"x has N={N} tokens but hw={tuple(hw)} gives {hw[0] * hw[1]}")
+        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)  # each (B, h, N, d)
+        out = self.attend(q, k, v, hw)  # (B, h, N, d)
+        return self.proj(out.transpose(1, 2).reshape(B, N, C))
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+        out = self.core(q, k, v, hw)
+        if self.lepe is not None:
+            out = out + apply_lepe(self.lepe, v, hw)
+        return out
+
+    def core(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+        raise NotImplementedError
+
+    # -- what the harness asks before running ----------------------------
+    def check_grid(self, hw: tuple[int, int]) -> None:
+        """Raise ValueError (naming valid values) when an option cannot work on this grid."""
+
+    def unsupported_reasons(self, *, device: torch.device, dtype: torch.dtype, hw: tuple[int, int], batch: int) -> list[str]:
+        """Why this case cannot run here (empty when it can)."""
+        return []
+
+    def run_info(self) -> dict[str, str]:
+        """Facts learnt while running (e.g. the kernel that actually ran)."""
+        return {}
+
+    # -- analytic FLOPs (convention in the module docstring) -------------
+    def core_flops(self, batch: int, hw: tuple[int, int]) -> int:
+        raise NotImplementedError
+
+    def flops(self, batch: int, hw: tuple[int, int], workload: str = "layer") -> int:
+        """Analytic FLOPs of ``attend`` (workload ``op``) or of ``forward`` (``layer``)."""
+        n = hw[0] * hw[1]
+        total = self.core_flops(batch, hw)
+        if self.lepe is not None:
+            total += dwconv_flops(batch, self.dim, hw)
+        if workload == "layer":
+            total += 2 * batch * n * self.dim * 3 * self.dim  # qkv
+            total += 2 * batch * n * self.dim * self.dim  # proj
+        return total

@@ -1,0 +1,78 @@
+"""One name -> one attention class. The registry drives tests, configs and sweeps.
+
+Attentions register themselves with ``@register_attention(name, ...)`` in their
+family module; ``attentions/__init__.py`` imports those modules explicitly, so
+the registry is complete as soon as ``attentions`` is imported.
+"""
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+
+import torch.nn as nn
+
+
+@dataclass(frozen=True)
+class AttentionInfo:
+    """What a user needs to pick an attention: shown in the README table."""
+
+    name: str
+    cls: type
+    family: str  # exact, linear, hybrid, window, ...
+    complexity: str  # in N tokens, e.g. "O(N^2 d)"
+    needs: str = "torch"  # packages / hardware beyond torch
+    source: str = ""  # paper or library
+
+
+_REGISTRY: dict[str, AttentionInfo] = {}
+
+
+def register_attention(name: str, *, family: str, complexity: str, needs: str = "torch", source: str = ""):
+    """Class decorator: register ``cls`` under ``name`` (once)."""
+
+    def wrap(cls: type) -> type:
+        if name in _REGISTRY:
+            raise ValueError(f"attention {name!r} is already registered by {_REGISTRY[name].cls.__qualname__}")
+        cls.registry_name = name
+        _REGISTRY[name] = AttentionInfo(name, cls, family, complexity, needs, source)
+        return cls
+
+    return wrap
+
+
+def list_attentions() -> list[str]:
+    """Registered names, sorted."""
+    return sorted(_REGISTRY)
+
+
+def attention_info(name: str) -> AttentionInfo:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown attention {name!r}; registered attentions: {', '.join(list_attentions())}"
+        ) from None
+
+
+def attention_options(name: str) -> dict[str, object]:
+    """Constructor options beyond (dim, num_heads) with their defaults."""
+    sig = inspect.signature(attention_info(name).cls.__init__)
+    skip = {"self", "dim", "num_heads"}
+    return {
+        p.name: (None if p.default is inspect.Parameter.empty else p.default)
+        for p in sig.parameters.values()
+        if p.name not in skip and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    }
+
+
+def create_attention(name: str, dim: int, num_heads: int, **kwargs) -> nn.Module:
+    """Build the attention ``name``. Unknown names and options fail with the valid choices."""
+    info = attention_info(name)
+    valid = attention_options(name)
+    unknown = sorted(set(kwargs) - set(valid))
+    if unknown:
+        raise ValueError(
+            f"attention {name!r} has no option {', '.join(map(repr, unknown))}; "
+            f"valid options: {', '.join(sorted(valid)) or '(none)'}"
+        )
+    return info.cls(dim, num_heads, **kwargs)

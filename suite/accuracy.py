@@ -1,0 +1,76 @@
+"""Accuracy proxies: how far an attention is from exact softmax attention, and
+from its own float64 evaluation. Both references run in float64 on batch item 0.
+
+- ``rel_err_vs_exact`` / ``cos_sim_vs_exact``: output against exact softmax
+  attention over all tokens with the same qkv and proj weights (``layer``) or
+  the same q, k, v (``op``). The exact reference has no positional term, so a
+  mechanism's LePE counts as part of its deviation from exact attention.
+- ``rel_err_vs_fp64``: the same module, cast to float64, on the same inputs.
+  A fused kernel that differs from its own float64 evaluation by more than
+  rounding has a bug.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+
+def exact_attention_fp64(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, chunk: int = 2048) -> torch.Tensor:
+    """softmax(QK^T/sqrt(d))V in float64, queries in chunks so memory stays O(chunk*N)."""
+    q, k, v = q.double(), k.double(), v.double()
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    outs = []
+    for i in range(0, q.shape[-2], chunk):
+        s = (q[..., i : i + chunk, :] @ k.transpose(-2, -1)) * scale
+        outs.append(s.softmax(dim=-1) @ v)
+    return torch.cat(outs, dim=-2)
+
+
+def exact_layer_fp64(module: nn.Module, x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+    """Exact attention with ``module``'s qkv and proj weights, in float64."""
+    B, N, C = x.shape
+    h = module.num_heads
+    w_qkv = module.qkv.weight.double()
+    b_qkv = None if module.qkv.bias is None else module.qkv.bias.double()
+    qkv = nn.functional.linear(x.double(), w_qkv, b_qkv).reshape(B, N, 3, h, C // h).permute(2, 0, 3, 1, 4)
+    out = exact_attention_fp64(qkv[0], qkv[1], qkv[2]).transpose(1, 2).reshape(B, N, C)
+    return nn.functional.linear(out, module.proj.weight.double(), module.proj.bias.double())
+
+
+def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    out, ref = out.double().flatten(), ref.double().flatten()
+    return float((out - ref).norm() / ref.norm().clamp_min(1e-300))
+
+
+def cos_sim(out: torch.Tensor, ref: torch.Tensor) -> float:
+    return float(torch.nn.functional.cosine_similarity(out.double().flatten(), ref.double().flatten(), dim=0))
+
+
+@dataclass(frozen=True)
+class Accuracy:
+    rel_err_vs_exact: float
+    cos_sim_vs_exact: float
+    rel_err_vs_fp64: float
+
+
+def fp64_copy(module: nn.Module) -> nn.Module:
+    return copy.deepcopy(module).double()
+
+
+def accuracy(module: nn.Module, out: torch.Tensor, inputs: tuple[torch.Tensor, ...], hw, workload: str) -> Accuracy:
+    """``out`` is the module's output on ``inputs`` (batch item 0 is compared)."""
+    first = tuple(t[:1] for t in inputs)
+    out0 = out[:1]
+    with torch.no_grad():
+        if workload == "op":
+            exact = exact_attention_fp64(*first)
+        else:
+            exact = exact_layer_fp64(module, first[0], hw)
+        m64 = fp64_copy(module)
+        args64 = tuple(t.double() for t in first)
+        own64 = m64.attend(*args64, hw) if workload == "op" else m64(*args64, hw)
+    return Accuracy(rel_err(out0, exact), cos_sim(out0, exact), rel_err(out0, own64))

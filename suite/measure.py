@@ -1,0 +1,178 @@
+"""Timing, peak memory and FLOPs of a zero-argument callable.
+
+Inputs are built by the workload, outside the callable; nothing here allocates
+inside the timed region except what the callable itself allocates.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+Fn = Callable[[], object]
+
+
+@dataclass(frozen=True)
+class Timing:
+    p10_ms: float
+    p50_ms: float
+    p90_ms: float
+    repeats: int
+    total_s: float  # wall time of the timed loop (for energy / power)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _quantile(sorted_ms: list[float], q: float) -> float:
+    """Linear-interpolated quantile of an ascending list."""
+    pos = q * (len(sorted_ms) - 1)
+    lo, hi = math.floor(pos), math.ceil(pos)
+    return sorted_ms[lo] + (sorted_ms[hi] - sorted_ms[lo]) * (pos - lo)
+
+
+def time_fn(fn: Fn, device: torch.device, *, warmup: int = 3, repeats: int = 0, min_time_s: float = 1.0,
+            max_repeats: int = 1000) -> Timing:
+    """Median and spread of ``fn``'s latency.
+
+    CUDA: one pair of events around each call, so each sample is device time
+    of that call. CPU: perf_counter around each call. ``repeats=0`` picks the
+    count from the warmup: enough calls to fill ``min_time_s``, at least 5.
+    """
+    t0 = time.perf_counter()
+    for _ in range(max(1, warmup)):
+        fn()
+    _sync(device)
+    per_call = (time.perf_counter() - t0) / max(1, warmup)
+    if repeats <= 0:
+        repeats = int(min(max_repeats, max(5, min_time_s / max(per_call, 1e-6))))
+
+    samples: list[float] = []
+    start = time.perf_counter()
+    if device.type == "cuda":
+        events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(repeats)]
+        for a, b in events:
+            a.record()
+            fn()
+            b.record()
+        torch.cuda.synchronize(device)
+        samples = [a.elapsed_time(b) for a, b in events]
+    else:
+        for _ in range(repeats):
+            t = time.perf_counter()
+            fn()
+            samples.append((time.perf_counter() - t) * 1e3)
+    total = time.perf_counter() - start
+    s = sorted(samples)
+    return Timing(_quantile(s, 0.1), statistics.median(s), _quantile(s, 0.9), repeats, total)
+
+
+@contextlib.contextmanager
+def _quiet_fd2():
+    """Silence file descriptor 2: the CPU profiler's C++ side prints a
+    start and a stop line there on every use, which is noise in a sweep."""
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+@dataclass(frozen=True)
+class Memory:
+    peak_mib: float  # peak of everything allocated during the call (inputs and weights included)
+    extra_mib: float  # peak minus what was allocated just before the call
+    method: str
+
+
+def peak_memory(fn: Fn, device: torch.device) -> Memory:
+    """Peak memory of one call of ``fn``.
+
+    CUDA: the caching allocator's statistics (max_memory_allocated) around the call.
+    CPU: torch's profiler with ``profile_memory=True`` records every allocation
+    and free that torch's CPU allocator makes during the call; their running sum
+    gives the peak above the pre-call level. That sees torch's tensors (not
+    Python objects, not allocator caching), which is what we want to compare.
+    The pre-call level on CPU is the size of the tensors reachable as inputs,
+    which the workload does not tell us, so ``peak_mib`` on CPU equals the
+    extra (call-allocated) peak; the method column says so.
+    """
+    if device.type == "cuda":
+        _sync(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        fn()
+        _sync(device)
+        peak = torch.cuda.max_memory_allocated(device)
+        return Memory(peak / 2**20, (peak - before) / 2**20, "cuda_max_memory_allocated")
+
+    from torch.profiler import ProfilerActivity, profile
+
+    with _quiet_fd2(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = sorted(
+        (e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"
+    )
+    running = peak = 0
+    for _, nbytes in events:
+        running += nbytes
+        peak = max(peak, running)
+    return Memory(peak / 2**20, peak / 2**20, "cpu_profiler_allocations")
+
+
+def _sdpa_cpu_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    """Flops of the CPU flash SDPA op, which FlopCounterMode does not know:
+    QK^T and AV, 2*M*N*K each, over all leading (batch, head, block) dims."""
+    lead = math.prod(query_shape[:-2])
+    n_q, d = query_shape[-2], query_shape[-1]
+    n_k, d_v = key_shape[-2], value_shape[-1]
+    return 2 * lead * n_q * n_k * d + 2 * lead * n_q * n_k * d_v
+
+
+def count_flops(fn: Fn) -> tuple[int, set[str]]:
+    """FLOPs seen by FlopCounterMode in one call, and the SDPA kernels that ran.
+
+    The kernel names come from the aten ops dispatched (flash, efficient,
+    cudnn, math, flash_cpu): the backend that actually ran, not the one asked for.
+    """
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils.flop_counter import FlopCounterMode
+
+    kernels: set[str] = set()
+    sdpa_ops = {
+        "aten._scaled_dot_product_flash_attention": "flash",
+        "aten._scaled_dot_product_flash_attention_for_cpu": "flash_cpu",
+        "aten._scaled_dot_product_efficient_attention": "efficient",
+        "aten._scaled_dot_product_cudnn_attention": "cudnn",
+        "aten._scaled_dot_product_attention_math": "math",
+        "aten._scaled_dot_product_fused_attention_overrideable": "overrideable",
+    }
+
+    class KernelSpy(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            name = sdpa_ops.get(str(func.overloadpacket))
+            if name:
+                kernels.add(name)
+            return func(*args, **(kwargs or {}))
+
+    mapping = {}
+    cpu_op = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+    if cpu_op is not None:
+        mapping[cpu_op] = _sdpa_cpu_flops
+    counter = FlopCounterMode(display=False, custom_mapping=mapping)
+    with counter, KernelSpy():
+        fn()
+    return int(counter.get_total_flops()), kernels
