@@ -105,6 +105,20 @@ class Attention(nn.Module):
         """Facts learnt while running (e.g. the kernel that actually ran)."""
         return {}
 
+    # -- memory estimate (to skip cases that cannot fit, before running) ---
+    def core_transient_elements(self, batch: int, hw: tuple[int, int]) -> int:
+        """Elements of the largest intermediates ``core`` materialises beyond q, k, v, out."""
+        return 0
+
+    def memory_estimate(self, batch: int, hw: tuple[int, int], itemsize: int, workload: str = "layer") -> int:
+        """Rough lower bound on the bytes one call needs: inputs, q/k/v/out and
+        the core's materialised intermediates. Weights are not counted."""
+        n = hw[0] * hw[1]
+        elements = 4 * batch * n * self.dim + self.core_transient_elements(batch, hw)
+        if workload == "layer":
+            elements += 5 * batch * n * self.dim  # x, qkv (3C), proj output
+        return elements * itemsize
+
     # -- analytic FLOPs (convention in the module docstring) -------------
     def core_flops(self, batch: int, hw: tuple[int, int]) -> int:
         raise NotImplementedError

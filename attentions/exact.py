@@ -39,6 +39,10 @@ class VanillaAttention(Attention):
     def core_flops(self, batch, hw):
         return exact_core_flops(batch, self.num_heads, self.head_dim, hw)
 
+    def core_transient_elements(self, batch, hw):
+        n = hw[0] * hw[1]
+        return 2 * batch * self.num_heads * n * n  # scores and their softmax
+
 
 SDPA_BACKENDS = ("auto", "flash", "efficient", "cudnn", "math")
 
