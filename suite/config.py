@@ -52,6 +52,7 @@ class RunConfig:
     warmup: int = 3  # untimed calls before timing (compilation, caches, autotune)
     repeats: int = 0  # 0: auto, enough calls for ~`min_time_s` of timing (at least 5)
     min_time_s: float = 1.0
+    flush_l2: bool = True  # CUDA: clear L2 before each timed call (as do_bench does)
     seed: int = 0
     accuracy: bool = True  # compute rel_err_vs_exact / rel_err_vs_fp64 / cos_sim_vs_exact
     # The float64 references cost O(N^2) (exact attention): above this many

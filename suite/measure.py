@@ -40,13 +40,17 @@ def _quantile(sorted_ms: list[float], q: float) -> float:
     return sorted_ms[lo] + (sorted_ms[hi] - sorted_ms[lo]) * (pos - lo)
 
 
+L2_SCRUB_BYTES = 256 * 2**20  # larger than any current GPU's L2 (H100: 50 MB)
+
+
 def time_fn(fn: Fn, device: torch.device, *, warmup: int = 3, repeats: int = 0, min_time_s: float = 1.0,
-            max_repeats: int = 1000) -> Timing:
+            max_repeats: int = 1000, flush_l2: bool = True) -> Timing:
     """Median and spread of ``fn``'s latency.
 
     CUDA: one pair of events around each call, so each sample is device time
     of that call. CPU: perf_counter around each call. ``repeats=0`` picks the
     count from the warmup: enough calls to fill ``min_time_s``, at least 5.
+    ``flush_l2`` (CUDA only) clears the L2 cache before every timed call.
     """
     t0 = time.perf_counter()
     for _ in range(max(1, warmup)):
@@ -59,13 +63,20 @@ def time_fn(fn: Fn, device: torch.device, *, warmup: int = 3, repeats: int = 0, 
     samples: list[float] = []
     start = time.perf_counter()
     if device.type == "cuda":
+        # Writing a buffer larger than L2 between calls evicts the inputs, so
+        # each call starts from HBM as in a real network (do_bench does the
+        # same); the write happens outside the events.
+        scrub = torch.empty(L2_SCRUB_BYTES, dtype=torch.int8, device=device) if flush_l2 else None
         events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(repeats)]
         for a, b in events:
+            if scrub is not None:
+                scrub.zero_()
             a.record()
             fn()
             b.record()
         torch.cuda.synchronize(device)
         samples = [a.elapsed_time(b) for a, b in events]
+        del scrub
     else:
         for _ in range(repeats):
             t = time.perf_counter()

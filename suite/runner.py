@@ -103,7 +103,8 @@ def measure_case(cfg: DictConfig, module, hw, device: torch.device, precision, b
             status, reason = "error", "output has non-finite values"
         nvml = Nvml(device)
         e0 = nvml.energy_mj()
-        t = time_fn(prep.fn, device, warmup=cfg.warmup, repeats=cfg.repeats, min_time_s=cfg.min_time_s)
+        t = time_fn(prep.fn, device, warmup=cfg.warmup, repeats=cfg.repeats, min_time_s=cfg.min_time_s,
+                    flush_l2=cfg.flush_l2)
         e1 = nvml.energy_mj()
         m.update(latency_ms_p10=t.p10_ms, latency_ms_p50=t.p50_ms, latency_ms_p90=t.p90_ms, repeats=t.repeats,
                  throughput_per_s=prep.items_per_call / (t.p50_ms / 1e3),

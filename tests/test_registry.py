@@ -85,3 +85,9 @@ def test_unknown_option_lists_options():
 def test_heads_must_divide_dim():
     with pytest.raises(ValueError, match=r"heads=5 does not divide dim=32; valid heads for dim=32: \[1, 2, 4, 8, 16, 32\]"):
         A.create_attention("vanilla", 32, 5)
+
+
+def test_readme_attention_table_matches_registry():
+    from suite.docs import README, attention_table, readme_table
+
+    assert readme_table(README.read_text()) == attention_table(), "run: python -m suite.docs --write"
