@@ -21,13 +21,12 @@ and ``cswin`` (tests/test_window.py).
 """
 from __future__ import annotations
 
-import warnings
-
 import torch
 import torch.nn.functional as F
 
-from .base import Attention, Unsupported, lepe_conv
+from .base import Attention, lepe_conv
 from .elfatt import divisors
+from .exact_ext import flex_attend
 from .registry import register_attention
 
 
@@ -259,20 +258,6 @@ class CSWinAttention(Attention):
 
 # -- neighborhood --------------------------------------------------------------
 NEIGHBORHOOD_IMPLS = ("auto", "flex", "mask")
-_FLEX_COMPILED = None  # torch.compile(flex_attention), built on first use, never at import
-
-
-def _flex_compiled():
-    global _FLEX_COMPILED
-    if _FLEX_COMPILED is None:
-        from torch.nn.attention.flex_attention import flex_attention
-
-        # fullgraph: when dynamo hits its recompile limit (8 shapes per process)
-        # this raises instead of silently running the slow eager path.
-        _FLEX_COMPILED = torch.compile(flex_attention, dynamic=False, fullgraph=True)
-    return _FLEX_COMPILED
-
-
 def neighborhood_mask_mod(hw: tuple[int, int], kernel: int):
     """FlexAttention mask_mod: key inside the query's k x k window, clamped into the grid (NATTEN)."""
     H, W = hw
@@ -361,25 +346,12 @@ class NeighborhoodAttention(Attention):
         if kind == "mask":
             self._ran = "mask: dense boolean mask through SDPA"
             return F.scaled_dot_product_attention(q, k, v, attn_mask=self._mask("mask", hw, q.device))
-        if q.device.type == "cpu" and (q.requires_grad or k.requires_grad or v.requires_grad):
-            raise Unsupported(
-                f"FlexAttention has no backward on CPU in torch {torch.__version__}; "
-                "run without grad (torch.no_grad) or use impl=mask"
-            )
         block_mask = self._mask("flex", hw, q.device)
-        if q.device.type == "cpu" and q.dtype == torch.float64:
-            from torch.nn.attention.flex_attention import flex_attention
-
-            self._ran = "flex: eager (inductor's CPU flex kernel has no float64)"
-            with warnings.catch_warnings():  # eager is the deliberate choice here, not a slip
-                warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
-                return flex_attention(q, k, v, block_mask=block_mask)
-        self._ran = "flex: torch.compile(flex_attention)"
-        try:
-            return _flex_compiled()(q, k, v, block_mask=block_mask)
-        except Exception as e:  # inductor/dynamo limits surface as many types; report, don't fall back
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            raise Unsupported(f"compiled FlexAttention failed on {q.device.type} {q.dtype}: {first}") from e
+        # inductor's CPU flex kernel has no float64: that case runs eager flex.
+        compiled = not (q.device.type == "cpu" and q.dtype == torch.float64)
+        self._ran = "flex: " + ("torch.compile(flex_attention)" if compiled else "eager flex_attention")
+        # The one shared compiled flex (exact_ext); it refuses a CPU backward with torch's reason.
+        return flex_attend(q, k, v, block_mask=block_mask, compiled=compiled)
 
     def run_info(self):
         return {"impl_ran": self._ran} if self._ran else {}

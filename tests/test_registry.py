@@ -37,6 +37,11 @@ def test_forward_backward(name, hw, dtype):
         y = m(x, hw)
     except A.Unavailable as e:
         pytest.skip(f"{name} unavailable here: {e}")
+    except A.Unsupported as e:  # e.g. FlexAttention has no backward on CPU: check the forward alone
+        with torch.no_grad():
+            y = m(x, hw)
+        assert y.shape == x.shape and y.dtype == dtype and torch.isfinite(y).all()
+        pytest.skip(f"forward checked; {name} cannot take gradients here: {e}")
     assert y.shape == x.shape and y.dtype == dtype
     assert torch.isfinite(y).all()
     y.square().mean().backward()
