@@ -8,6 +8,8 @@ can be compared exactly on matmul-only paths.
 """
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn as nn
 
@@ -100,6 +102,12 @@ class Attention(nn.Module):
     def unsupported_reasons(self, *, device: torch.device, dtype: torch.dtype, hw: tuple[int, int], batch: int) -> list[str]:
         """Why this case cannot run here (empty when it can)."""
         return []
+
+    def float64_reference(self) -> "Attention":
+        """A float64 copy computing the same function with the same weights, for
+        ``rel_err_vs_fp64``. Attentions whose fast path has no float64 switch
+        the copy to their reference path."""
+        return copy.deepcopy(self).double()
 
     def run_info(self) -> dict[str, str]:
         """Facts learnt while running (e.g. the kernel that actually ran)."""

@@ -17,7 +17,9 @@ from .exact import sdpa
 from .linear import efficient_attention
 from .registry import register_attention
 
-ELFATT_IMPLS = ("reference",)
+# auto: fast on CUDA when it can run the case, else reference; reference: the
+# definition below; fast: the Triton path (attentions/kernels), same function.
+ELFATT_IMPLS = ("auto", "reference", "fast")
 
 
 def divisors(n: int) -> list[int]:
@@ -66,6 +68,7 @@ def stripe_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, hw: tupl
     "elfatt",
     family="hybrid (linear + stripe softmax)",
     complexity="O(N d^2 + N L d), L = block_rows * W",
+    needs="torch; impl=fast: triton + CUDA (reference elsewhere)",
     source="Wu et al. 2025, ELFATT (arXiv 2501.06098)",
 )
 class ElfattAttention(Attention):
@@ -80,7 +83,7 @@ class ElfattAttention(Attention):
         qkv_bias: bool = True,
         global_heads: int | None = None,
         block_rows: int | None = None,
-        impl: str = "reference",
+        impl: str = "auto",
     ):
         super().__init__(dim, num_heads, qkv_bias, lepe=False)
         if impl not in ELFATT_IMPLS:
@@ -106,6 +109,11 @@ class ElfattAttention(Attention):
         self.lepe_global = lepe_conv(self.global_channels) if self.global_channels else None
         self.lepe_local = lepe_conv(local_channels) if local_channels else None
 
+    def float64_reference(self):
+        m = super().float64_reference()
+        m.impl = "reference"  # the fused kernels run fp16/bf16/fp32 only
+        return m
+
     def check_grid(self, hw):
         resolve_block_rows(self.block_rows, hw[0])
 
@@ -114,7 +122,36 @@ class ElfattAttention(Attention):
             return t[..., : self.global_channels], t[..., self.global_channels :]
         return t[:, : self.global_heads], t[:, self.global_heads :]
 
+    def _fast_reasons(self, device, dtype) -> list[str]:
+        from .kernels import fast_reasons
+
+        d, gc = self.head_dim, self.global_channels
+        widths = (d,) if self.global_heads is not None else (gc, d - gc)
+        return fast_reasons(device=device, dtype=dtype, widths=widths)
+
+    def _use_fast(self, q: torch.Tensor) -> bool:
+        if self.impl == "auto":  # fast only where it can run; reference otherwise
+            from .kernels import triton_missing
+
+            return q.is_cuda and not triton_missing() and not self._fast_reasons(q.device, q.dtype)
+        return self.impl == "fast"
+
+    def unsupported_reasons(self, *, device, dtype, hw, batch):
+        return self._fast_reasons(device, dtype) if self.impl == "fast" else []
+
+    def run_info(self):
+        ran = getattr(self, "_ran", "not run")
+        return {"impl_ran": ran, **(getattr(self, "_fast_info", {}) if ran == "fast" else {})}
+
     def attend(self, q, k, v, hw):
+        self._ran = "fast" if self._use_fast(q) else "reference"
+        if self._ran == "fast":
+            from .kernels import elfatt_attend
+
+            return elfatt_attend(self, q, k, v, hw)
+        return self._reference_attend(q, k, v, hw)
+
+    def _reference_attend(self, q, k, v, hw):
         r = resolve_block_rows(self.block_rows, hw[0])
         (qg, ql), (kg, kl), (vg, vl) = self._split(q), self._split(k), self._split(v)
         parts = []

@@ -11,7 +11,6 @@ from its own float64 evaluation. Both references run in float64 on batch item 0.
 """
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass
 
@@ -57,10 +56,6 @@ class Accuracy:
     rel_err_vs_fp64: float
 
 
-def fp64_copy(module: nn.Module) -> nn.Module:
-    return copy.deepcopy(module).double()
-
-
 def accuracy(module: nn.Module, out: torch.Tensor, inputs: tuple[torch.Tensor, ...], hw, workload: str) -> Accuracy:
     """``out`` is the module's output on ``inputs`` (batch item 0 is compared)."""
     first = tuple(t[:1] for t in inputs)
@@ -70,7 +65,7 @@ def accuracy(module: nn.Module, out: torch.Tensor, inputs: tuple[torch.Tensor, .
             exact = exact_attention_fp64(*first)
         else:
             exact = exact_layer_fp64(module, first[0], hw)
-        m64 = fp64_copy(module)
+        m64 = module.float64_reference()
         args64 = tuple(t.double() for t in first)
         own64 = m64.attend(*args64, hw) if workload == "op" else m64(*args64, hw)
     return Accuracy(rel_err(out0, exact), cos_sim(out0, exact), rel_err(out0, own64))

@@ -1,0 +1,309 @@
+"""ELFATT's fast path: the reference function (attentions/elfatt.py) as a few
+fused Triton launches writing one output buffer.
+
+Global heads (3 launches, 2 when one split covers all tokens):
+  1. ``global_context_kernel``: per (batch, head, token split) the column
+     softmax statistics of K (max, sum of exp) fused with the d x d context
+     k_hat^T V, one pass over K and V;
+  2. ``global_combine_kernel``: merges the splits in a fixed order
+     (deterministic, no atomics) into ctx (B*g, d, d);
+  3. ``global_out_kernel``: channel softmax of Q, Q_hat @ ctx, + global LePE,
+     stored at the global heads' channels of the output.
+Local heads (1 launch): ``stripe_attn_kernel``, flash-style softmax attention
+inside each stripe + the stripe LePE, stored at the local heads' channels.
+Alternative local path (``fast_options["local"] = "sdpa"``): torch SDPA on an
+uncopied stripe-blocked view, then ``stripe_epilogue_kernel`` adds the LePE.
+
+The output is one (B, N, heads*d) buffer returned as the (B, h, N, d) view,
+so the layer's merge of heads before ``proj`` is free. Inputs are used
+through their strides (the layer passes permuted views of the qkv output).
+
+Backward: ``_FastElfatt`` recomputes the reference (autograd through
+``module._reference_attend``) on the saved inputs; exact, not fast.
+
+Tuning: an ElfattAttention instance may carry ``fast_options`` (dict) with
+keys in ``OPTION_KEYS``; the benchmark uses it to compare variants.
+"""
+from __future__ import annotations
+
+import functools
+import math
+import os
+import sys
+
+import torch
+
+from ..base import Unavailable, Unsupported
+
+FAST_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+MAX_WIDTH = 128  # registers: a (BM, 128) fp32 accumulator is the most a program holds
+OPTION_KEYS = ("local", "sdpa_backend", "global_splits", "ctx_bn", "ctx_warps", "ctx_stages", "out_bm",
+               "out_warps", "stripe_bm", "stripe_bn", "stripe_warps", "stripe_stages", "lepe_unroll")
+LOCAL_MODES = ("triton", "sdpa")
+#: Tests set this to fill the output with NaN before the kernels run, so an
+#: element no kernel writes cannot pass by holding a stale right value.
+POISON = False
+
+
+def interpreting() -> bool:
+    """Whether Triton kernels run in its CPU interpreter (TRITON_INTERPRET=1)."""
+    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "on", "yes")
+
+
+def fast_reasons(*, device: torch.device, dtype: torch.dtype, widths: tuple[int, ...]) -> list[str]:
+    """Why the fast path cannot run this case (empty when it can). A missing
+    triton is not listed: that raises ``Unavailable`` when the path runs."""
+    return list(_reasons(torch.device(device).type, dtype, tuple(widths), interpreting()))
+
+
+@functools.lru_cache(maxsize=None)  # asked on every call: keep it off the launch path
+def _reasons(dev: str, dtype: torch.dtype, widths: tuple[int, ...], interp: bool) -> tuple[str, ...]:
+    reasons = []
+    if dev == "cpu" and not interp:
+        reasons.append("impl=fast runs Triton kernels on CUDA; the device is cpu "
+                       "(TRITON_INTERPRET=1 runs them, slowly, in Triton's CPU interpreter)")
+    elif dev not in ("cpu", "cuda"):
+        reasons.append(f"impl=fast runs Triton kernels on CUDA, not on {dev}")
+    if dtype not in FAST_DTYPES:
+        reasons.append(f"impl=fast runs float16, bfloat16 and float32, not {dtype}")
+    elif dtype == torch.bfloat16 and interp:
+        # numpy has no bfloat16: the interpreter's tl.dot multiplies the raw 16-bit patterns
+        reasons.append("Triton 3.6's CPU interpreter computes bfloat16 tl.dot wrongly (numpy has no bfloat16)")
+    if max(widths, default=0) > MAX_WIDTH:
+        reasons.append(f"impl=fast handles branch widths up to {MAX_WIDTH} channels, not {max(widths)}")
+    return tuple(reasons)
+
+
+def triton_missing() -> str:
+    """Why triton cannot be imported ('' when it is there); looks, imports nothing."""
+    import importlib.util
+
+    if sys.modules.get("triton") is not None:
+        return ""
+    try:
+        return "" if importlib.util.find_spec("triton") is not None else "triton is not installed"
+    except (ImportError, ValueError) as e:  # a broken or shadowed package
+        return f"triton cannot be found: {e}"
+
+
+def load_kernels():
+    """The Triton kernels module, compiled or interpreted as the environment
+    says now. ``@triton.jit`` fixes that choice when the module is imported,
+    so it is reloaded when TRITON_INTERPRET changed since (tests flip it)."""
+    import importlib
+
+    kt = sys.modules.get(f"{__package__}.elfatt_triton")
+    if kt is not None and kt.INTERPRETED == interpreting():
+        return kt  # the common case, without the import machinery
+    try:
+        from . import elfatt_triton as kt
+    except Exception as e:  # ImportError, or a triton that fails while importing
+        raise Unavailable(f"impl=fast needs triton, which cannot be imported here: {type(e).__name__}: {e}") from None
+    if kt.INTERPRETED != interpreting():
+        kt = importlib.reload(kt)
+    return kt
+
+
+def _pow2(n: int, least: int = 16) -> int:
+    """Next power of two >= n and >= ``least`` (tl.dot needs 16 in each dim)."""
+    return max(least, 1 << max(0, n - 1).bit_length())
+
+
+def _unit_last(t: torch.Tensor) -> torch.Tensor:
+    # The kernels assume channel stride 1; every layout this project makes has it.
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def _usage(info: dict, name: str, kernel) -> None:
+    """Record a compiled kernel's registers and spills (the interpreter returns none)."""
+    if hasattr(kernel, "n_regs"):
+        info[f"{name}_regs_spills"] = f"{kernel.n_regs}/{kernel.n_spills}"
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 2  # interpreter: a couple of splits, so tests exercise the combine kernel
+
+
+def _dot_prec(dtype: torch.dtype) -> str:
+    # fp32 inputs: exact fp32 products (tf32 would miss the 1e-5 target); fp16/bf16 ignore it.
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+def _taps_first(conv: torch.nn.Conv2d) -> torch.Tensor:
+    """The LePE weights as (9, channels), contiguous, so a kernel loads each
+    tap's weights as vectors. Cached on the conv, keyed by the weight's
+    storage and version counter (an optimizer step bumps it)."""
+    w = conv.weight
+    key = (w.data_ptr(), w._version, w.dtype, w.device)
+    cached = getattr(conv, "_elfatt_taps_first", None)
+    if cached is None or cached[0] != key:
+        cached = (key, w.detach().reshape(w.shape[0], 9).t().contiguous())
+        conv._elfatt_taps_first = cached
+    return cached[1]
+
+
+def _global_branch(kt, q, k, v, w, bias, o, hw, opts, info):
+    """Global heads: q, k, v, o are (B, G, N, D) views; w (9, G*D), bias (G*D,)."""
+    B, G, N, D = q.shape
+    H, W = hw
+    BD = _pow2(D)
+    BN = opts.get("ctx_bn", min(64, _pow2(N)))
+    # Splits: about one program per SM over all (batch, head) pairs (each
+    # streams its chunk with several tiles in flight), never more than one
+    # per BN tokens; each chunk is a multiple of BN.
+    target = opts.get("global_splits", max(1, math.ceil(_sm_count(q.device) / (B * G))))
+    chunk = BN * math.ceil(math.ceil(N / max(1, target)) / BN)
+    S = math.ceil(N / chunk)
+    ctx = torch.empty(B * G, BD, BD, device=q.device, dtype=q.dtype)
+    ws = torch.empty(B * G * S * (BD * BD + 2 * BD), device=q.device, dtype=torch.float32) if S > 1 else ctx
+    prec = _dot_prec(q.dtype)
+    _usage(info, "ctx", kt.global_context_kernel[(S, B * G)](
+        k, v, ws, ctx, k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2),
+        N, G, S, WIDTH=D, CHUNK=chunk, BN=BN, BD=BD, SINGLE=S == 1, DOT_PREC=prec,
+        num_warps=opts.get("ctx_warps", 4), num_stages=opts.get("ctx_stages", 3)))
+    if S > 1:
+        CR = 8  # ctx rows per combine program: BD/8 programs per head share the merge
+        kt.global_combine_kernel[(B * G, BD // CR)](ws, ctx, WIDTH=D, S=S, BD=BD, CR=CR, num_warps=4, num_stages=3)
+    BM = opts.get("out_bm", min(64, _pow2(N)))
+    _usage(info, "out", kt.global_out_kernel[(math.ceil(N / BM), B * G)](
+        q, v, ctx, w, bias, o, q.stride(0), q.stride(1), q.stride(2), v.stride(0), v.stride(1), v.stride(2),
+        o.stride(0), o.stride(1), o.stride(2), w.stride(0), N, H, W, G, WIDTH=D, BM=BM, BD=BD, DOT_PREC=prec,
+        LEPE_UNROLL=opts.get("lepe_unroll", True), num_warps=opts.get("out_warps", 4), num_stages=2))
+    info["global"] = f"splits={S} chunk={chunk} BN={BN} BM={BM}"
+
+
+def _stripe_blocks(t: torch.Tensor, stripes: int):
+    """(B, h, N, D) -> (a 4-D stripe-blocked tensor for SDPA, its form), uncopied
+    when the strides allow: form A (B, h*b, L, D), form B (B*b, h, L, D). The
+    form says how to address SDPA's result by (batch, stripe, head)."""
+    B, h, N, D = t.shape
+    L = N // stripes
+    try:
+        return t.view(B, h * stripes, L, D), "A"
+    except RuntimeError:
+        pass
+    try:  # the layer's layout: batch stride = N * token stride
+        return t.view(B, h, stripes, L, D).transpose(1, 2).view(B * stripes, h, L, D), "B"
+    except RuntimeError:
+        return t.reshape(B, h * stripes, L, D), "A"  # a copy; no layout here needs it
+
+
+def _local_branch(kt, q, k, v, w, bias, o, hw, r, opts, info):
+    """Local heads: softmax attention inside stripes of r rows + stripe LePE."""
+    B, HL, N, D = q.shape
+    H, W = hw
+    L, stripes = r * W, H // r
+    BD = _pow2(D)
+    mode = opts.get("local", "triton")
+    if mode not in LOCAL_MODES:
+        raise ValueError(f"fast_options local={mode!r}; valid: {', '.join(LOCAL_MODES)}")
+    if mode == "triton":
+        BM = opts.get("stripe_bm", min(128 if BD <= 64 else 64, _pow2(L)))
+        BN = opts.get("stripe_bn", min(64, _pow2(L)))
+        tiles = math.ceil(L / BM)
+        _usage(info, "stripe", kt.stripe_attn_kernel[(stripes * tiles, B * HL)](
+            q, k, v, w, bias, o, q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+            v.stride(0), v.stride(1), v.stride(2), o.stride(0), o.stride(1), o.stride(2), w.stride(0),
+            H, W, r, HL, tiles, 1.4426950408889634 / math.sqrt(D),
+            WIDTH=D, L=L, BM=BM, BN=BN, BD=BD, DOT_PREC=_dot_prec(q.dtype),
+            LEPE_UNROLL=opts.get("lepe_unroll", False),  # the loop keeps 125 registers at BM=128 (sm_90)
+            num_warps=opts.get("stripe_warps", 4 if BM <= 64 else 8), num_stages=opts.get("stripe_stages", 2)))
+        info["local"] = f"triton BM={BM} BN={BN}"
+        return
+    from ..exact import sdpa
+
+    (qb, form), (kb, _), (vb, _) = (_stripe_blocks(t, stripes) for t in (q, k, v))
+    a = _unit_last(sdpa(qb, kb, vb, opts.get("sdpa_backend", "auto")))
+    if form == "A":  # row index head * stripes + stripe
+        s_ab, s_as, s_ah = a.stride(0), a.stride(1), stripes * a.stride(1)
+    else:  # row index batch * stripes + stripe
+        s_ab, s_as, s_ah = stripes * a.stride(0), a.stride(0), a.stride(1)
+    BM = opts.get("out_bm", min(64, _pow2(L)))
+    tiles = math.ceil(L / BM)
+    kt.stripe_epilogue_kernel[(stripes * tiles, B * HL)](
+        a, v, w, bias, o, s_ab, s_as, s_ah, a.stride(2), v.stride(0), v.stride(1), v.stride(2),
+        o.stride(0), o.stride(1), o.stride(2), w.stride(0), H, W, r, HL, tiles, WIDTH=D, BM=BM, BD=BD,
+        LEPE_UNROLL=opts.get("lepe_unroll", True), num_warps=4)
+    info["local"] = f"sdpa ({form} view) + triton LePE"
+
+
+def fast_forward(module, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+    """The fast forward (no autograd). Returns the (B, N, h, d) output buffer."""
+    from ..elfatt import resolve_block_rows
+
+    B, h, N, d = q.shape
+    H, W = hw
+    # Branch widths: d for head groups; d//2 and d - d//2 when one head is split by channels.
+    widths = (d,) if module.global_heads is not None else (module.global_channels, d - module.global_channels)
+    reasons = fast_reasons(device=q.device, dtype=q.dtype, widths=widths)
+    if reasons:
+        raise Unsupported("; ".join(reasons))
+    if B * h > 65535:
+        raise Unsupported(f"impl=fast launches batch*heads={B * h} programs on one grid axis (limit 65535)")
+    if N * max(t.stride(2) for t in (q, k, v)) >= 2**31 or N * h * d >= 2**31:
+        raise Unsupported(f"impl=fast indexes tokens in int32; N={N} tokens with these strides overflow it")
+    kt = load_kernels()
+    r = resolve_block_rows(module.block_rows, H)
+    opts = dict(getattr(module, "fast_options", None) or {})
+    unknown = sorted(set(opts) - set(OPTION_KEYS))
+    if unknown:
+        raise ValueError(f"unknown fast_options {unknown}; valid keys: {', '.join(OPTION_KEYS)}")
+    if POISON:
+        buf = torch.full((B, N, h, d), float("nan"), device=q.device, dtype=q.dtype)
+    else:
+        buf = torch.empty((B, N, h, d), device=q.device, dtype=q.dtype)
+    out = buf.permute(0, 2, 1, 3)  # (B, h, N, d) view of the (B, N, C) buffer
+    q, k, v = _unit_last(q), _unit_last(k), _unit_last(v)
+    (qg, ql), (kg, kl), (vg, vl), (og, ol) = (module._split(t) for t in (q, k, v, out))
+    info = {}
+    if module.lepe_global is not None:
+        conv = module.lepe_global
+        _global_branch(kt, qg, kg, vg, _taps_first(conv), conv.bias, og, hw, opts, info)
+    if module.lepe_local is not None:
+        conv = module.lepe_local
+        _local_branch(kt, ql, kl, vl, _taps_first(conv), conv.bias, ol, hw, r, opts, info)
+    module._fast_info = info
+    return buf
+
+
+class _FastElfatt(torch.autograd.Function):
+    """Forward: the Triton path. Backward: autograd of the reference on the
+    saved inputs (the same function, so the gradients are the reference's)."""
+
+    @staticmethod
+    def forward(ctx, module, hw, q, k, v, *params):
+        ctx.module, ctx.hw = module, hw
+        # The LePE parameters are saved too, only so that autograd's version
+        # check catches an in-place update between forward and backward.
+        ctx.save_for_backward(q, k, v, *params)
+        return fast_forward(module, q, k, v, hw)
+
+    @staticmethod
+    def backward(ctx, grad_buf):
+        q, k, v, *_ = ctx.saved_tensors  # unpacking runs autograd's version check
+        params = _lepe_params(ctx.module)  # the module's own tensors: the reference uses these
+        needs = ctx.needs_input_grad[2:]
+        with torch.enable_grad():
+            leaves = [t.detach().requires_grad_(n) for t, n in zip((q, k, v), needs[:3])]
+            out = ctx.module._reference_attend(*leaves, ctx.hw)  # (B, h, N, d)
+            wrt = [t for t, n in zip([*leaves, *params], needs) if n]
+            grads = iter(torch.autograd.grad(out, wrt, grad_buf.permute(0, 2, 1, 3), allow_unused=True))
+        return (None, None, *(next(grads) if n else None for n in needs))
+
+
+def _lepe_params(module) -> list[torch.Tensor]:
+    return [p for conv in (module.lepe_global, module.lepe_local) if conv is not None for p in (conv.weight, conv.bias)]
+
+
+def elfatt_attend(module, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+    """ElfattAttention.attend on the fast path: (B, h, N, d) -> (B, h, N, d)
+    (a view of a (B, N, h, d) buffer). Differentiable (see ``_FastElfatt``)."""
+    params = _lepe_params(module)
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, *params)):
+        buf = _FastElfatt.apply(module, tuple(hw), q, k, v, *params)
+    else:
+        buf = fast_forward(module, q, k, v, hw)
+    return buf.permute(0, 2, 1, 3)
