@@ -99,6 +99,11 @@ class Attention(nn.Module):
     def check_grid(self, hw: tuple[int, int]) -> None:
         """Raise ValueError (naming valid values) when an option cannot work on this grid."""
 
+    def unavailable_reasons(self, device: torch.device) -> list[str]:
+        """Optional packages this attention needs that are missing or unusable
+        here (recorded as status ``unavailable``; empty when all is there)."""
+        return []
+
     def unsupported_reasons(self, *, device: torch.device, dtype: torch.dtype, hw: tuple[int, int], batch: int) -> list[str]:
         """Why this case cannot run here (empty when it can)."""
         return []

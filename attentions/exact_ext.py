@@ -126,8 +126,11 @@ class FlashAttnAttention(Attention):
         problem = import_problem(_FLASH_MODULE[_flash_version(self.version, device)])
         return [problem] if problem else []
 
+    def unavailable_reasons(self, device):
+        return self._package_reasons(device)
+
     def unsupported_reasons(self, *, device, dtype, hw, batch):
-        return self._package_reasons(device) + flash_case_reasons(self.version, device, dtype, self.head_dim)
+        return flash_case_reasons(self.version, device, dtype, self.head_dim)
 
     def core(self, q, k, v, hw):
         package = self._package_reasons(q.device)
@@ -205,9 +208,12 @@ class XformersAttention(Attention):
         super().__init__(dim, num_heads, qkv_bias, lepe)
         self._ran = ""
 
-    def unsupported_reasons(self, *, device, dtype, hw, batch):
+    def unavailable_reasons(self, device):
         problem = xformers_problem()
-        return ([problem] if problem else []) + xformers_case_reasons(device, dtype)
+        return [problem] if problem else []
+
+    def unsupported_reasons(self, *, device, dtype, hw, batch):
+        return xformers_case_reasons(device, dtype)
 
     def core(self, q, k, v, hw):
         problem = xformers_problem()

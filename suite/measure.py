@@ -153,37 +153,54 @@ def _sdpa_cpu_flops(query_shape, key_shape, value_shape, *args, out_shape=None, 
     return 2 * lead * n_q * n_k * d + 2 * lead * n_q * n_k * d_v
 
 
-def count_flops(fn: Fn) -> tuple[int, set[str]]:
-    """FLOPs seen by FlopCounterMode in one call, and the SDPA kernels that ran.
+SDPA_KERNELS = {
+    "aten::_scaled_dot_product_flash_attention": "flash",
+    "aten::_scaled_dot_product_flash_attention_for_cpu": "flash_cpu",
+    "aten::_scaled_dot_product_efficient_attention": "efficient",
+    "aten::_scaled_dot_product_cudnn_attention": "cudnn",
+    "aten::_scaled_dot_product_attention_math": "math",
+    "aten::_scaled_dot_product_fused_attention_overrideable": "overrideable",
+}
 
-    The kernel names come from the aten ops dispatched (flash, efficient,
-    cudnn, math, flash_cpu): the backend that actually ran, not the one asked for.
-    """
-    from torch.utils._python_dispatch import TorchDispatchMode
+
+def count_flops(fn: Fn) -> int:
+    """FLOPs seen by FlopCounterMode in one call (CPU flash SDPA formula registered)."""
     from torch.utils.flop_counter import FlopCounterMode
-
-    kernels: set[str] = set()
-    sdpa_ops = {
-        "aten._scaled_dot_product_flash_attention": "flash",
-        "aten._scaled_dot_product_flash_attention_for_cpu": "flash_cpu",
-        "aten._scaled_dot_product_efficient_attention": "efficient",
-        "aten._scaled_dot_product_cudnn_attention": "cudnn",
-        "aten._scaled_dot_product_attention_math": "math",
-        "aten._scaled_dot_product_fused_attention_overrideable": "overrideable",
-    }
-
-    class KernelSpy(TorchDispatchMode):
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            name = sdpa_ops.get(str(func.overloadpacket))
-            if name:
-                kernels.add(name)
-            return func(*args, **(kwargs or {}))
 
     mapping = {}
     cpu_op = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
     if cpu_op is not None:
         mapping[cpu_op] = _sdpa_cpu_flops
     counter = FlopCounterMode(display=False, custom_mapping=mapping)
-    with counter, KernelSpy():
+    with counter:
         fn()
-    return int(counter.get_total_flops()), kernels
+    return int(counter.get_total_flops())
+
+
+def try_count_flops(fn: Fn) -> tuple[float, str]:
+    """``count_flops``, or NaN and a note when the counter cannot trace the
+    call (e.g. eager FlexAttention on CPU): a count is an annotation of a
+    measurement, never a reason to lose it."""
+    try:
+        return float(count_flops(fn)), ""
+    except Exception as e:  # noqa: BLE001 - the counter's failures come in many types
+        # A trace that failed under the counter stays cached by dynamo and
+        # would fail every later compiled call in this process (seen with
+        # eager FlexAttention on CPU, torch 2.13): drop those caches.
+        torch._dynamo.reset()
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        return math.nan, f"flops_counted unavailable: FlopCounterMode failed ({type(e).__name__}: {first})"
+
+
+def sdpa_kernels(fn: Fn) -> set[str]:
+    """The SDPA kernels that actually ran in one call (flash, flash_cpu,
+    efficient, cudnn, math): the backend that ran, not the one asked for.
+
+    Read from the profiler's op names, which include composite ops such as the
+    math backend and pass higher-order ops (FlexAttention) through untouched.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    with _quiet_fd2(), profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    return {SDPA_KERNELS[e.name] for e in prof.events() if e.name in SDPA_KERNELS}

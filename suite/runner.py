@@ -9,7 +9,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
-import traceback
 from pathlib import Path
 
 import torch
@@ -20,7 +19,8 @@ import attentions
 from . import accuracy as acc
 from .config import TASKS, WORKLOADS, BadInput, check_choice, grid_of
 from .device import Nvml, dtype_unsupported_reason, environment, resolve_device, resolve_precision
-from .measure import count_flops, peak_memory, time_fn
+from .failures import failure
+from .measure import peak_memory, sdpa_kernels, time_fn, try_count_flops
 from .records import Record, write_records
 from .workloads import prepare
 
@@ -74,22 +74,14 @@ def _base_fields(cfg: DictConfig, hw, device: torch.device, dtype_name: str, env
     )
 
 
-def _is_oom(e: BaseException) -> bool:
-    text = str(e).lower()
-    return isinstance(e, (torch.OutOfMemoryError, MemoryError)) or (
-        isinstance(e, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
-    )
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0] if text else ''}"[:500]
-
-
 def measure_case(cfg: DictConfig, module, hw, device: torch.device, precision, base: dict, run_dir: Path) -> Record:
     """Measure one case. Never raises for problems of the case itself."""
     status, reason, m = "ok", "", {}
+    notes: list[str] = []  # annotations of an ok row (a skipped check, an uncountable op)
     try:
+        missing = module.unavailable_reasons(device)
+        if missing:
+            return Record(**base, status="unavailable", reason="; ".join(missing))
         reasons = [r for r in [dtype_unsupported_reason(device, precision.compute_dtype)] if r]
         reasons += module.unsupported_reasons(device=device, dtype=precision.compute_dtype, hw=hw, batch=cfg.batch_size)
         if reasons:
@@ -114,29 +106,23 @@ def measure_case(cfg: DictConfig, module, hw, device: torch.device, precision, b
             m.update(energy_j=(e1 - e0) / 1e3, avg_power_w=(e1 - e0) / 1e3 / t.total_s)
         mem = peak_memory(prep.fn, device)
         m.update(peak_mem_mib=mem.peak_mib, peak_extra_mem_mib=mem.extra_mib, mem_method=mem.method)
-        if cfg.flops_count:
-            counted, kernels = count_flops(prep.fn)
-            m.update(flops_counted=float(counted), sdpa_kernels=",".join(sorted(kernels)))
+        m["sdpa_kernels"] = ",".join(sorted(sdpa_kernels(prep.fn)))
         if cfg.accuracy:
             if hw[0] * hw[1] > cfg.accuracy_max_tokens:
-                reason = f"accuracy skipped: {hw[0] * hw[1]} tokens > accuracy_max_tokens={cfg.accuracy_max_tokens}"
+                notes.append(f"accuracy skipped: {hw[0] * hw[1]} tokens > accuracy_max_tokens={cfg.accuracy_max_tokens}")
             else:
                 a = _accuracy(module, out, prep, hw, cfg.workload.name)
                 m.update(rel_err_vs_exact=a.rel_err_vs_exact, rel_err_vs_fp64=a.rel_err_vs_fp64,
                          cos_sim_vs_exact=a.cos_sim_vs_exact)
         m["run_info"] = json.dumps(module.run_info(), sort_keys=True) if module.run_info() else ""
-    except attentions.Unavailable as e:
-        status, reason = "unavailable", str(e)
-    except attentions.Unsupported as e:
-        status, reason = "unsupported", str(e)
+        if cfg.flops_count:  # last: a counter that fails to trace can leave torch.compile's caches unusable
+            m["flops_counted"], note = try_count_flops(prep.fn)
+            notes.append(note)
+        reason = "; ".join(n for n in [reason, *notes] if n)
     except BaseException as e:  # noqa: BLE001 - a failed case is a row, not a lost sweep
         if isinstance(e, KeyboardInterrupt):
             raise
-        status, reason = ("oom", _first_line(e)) if _is_oom(e) else ("error", _first_line(e))
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "error.log").write_text(traceback.format_exc())
-        if status == "error":
-            reason += f" (traceback in {run_dir / 'error.log'})"
+        status, reason = failure(e, run_dir)
     finally:
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -155,13 +141,27 @@ def _accuracy(module, out, prep, hw, workload):
 
 def run_job(cfg: DictConfig, run_dir: Path) -> list[Record]:
     """Validate, measure and write one job's records. Raises BadInput on bad settings."""
+    from . import sweep  # resume and skip-before-launch (sweep imports runner lazily)
+
+    resumed = sweep.resumed_records(cfg, run_dir)
+    if resumed:
+        return resumed  # resume=true: this case has an ok row already; nothing measured or written
+    if cfg.task == "train_proxy":
+        from .train_proxy import run_proxy_job
+
+        return run_proxy_job(cfg, run_dir)
+    if cfg.task == "measure" and cfg.workload.name == "model":
+        from .model_workload import run_model_job
+
+        return run_model_job(cfg, run_dir)
     hw = validate(cfg)
     module = build_attention(cfg, hw)
     device = resolve_device(cfg.device.name)
     precision = resolve_precision(cfg.precision.name, device)
     env = environment(device)
     base = _base_fields(cfg, hw, device, precision.name, env)
-    records = [measure_case(cfg, module, hw, device, precision, base, run_dir)]
+    skipped = sweep.skip_record(cfg, module, hw, device, precision, base)
+    records = [skipped or measure_case(cfg, module, hw, device, precision, base, run_dir)]
     write_records(records, run_dir)
     return records
 
@@ -172,6 +172,12 @@ def invalid_record(cfg: DictConfig, message: str) -> Record:
     g = res // patch if patch > 0 else 0
     base = _base_fields(cfg, (g, g), torch.device("cpu"), str(cfg.precision.name), {})
     base["device"] = str(cfg.device.name)
+    try:  # say where the case would have run, so the row groups with its sweep's device
+        device = resolve_device(cfg.device.name)
+        base = _base_fields(cfg, (g, g), device, resolve_precision(cfg.precision.name, device).name,
+                            environment(device))
+    except Exception:  # noqa: BLE001 - e.g. device=cuda without a GPU: keep the settings as given
+        pass
     return Record(**base, status="invalid", reason=message)
 
 
@@ -181,6 +187,10 @@ def _fmt(x, spec: str) -> str:
 
 def print_summary(records: list[Record], run_dir: Path) -> None:
     """A short readable table of the job's rows, then where the files are."""
+    if any(r.model or r.proxy_task for r in records):
+        from .model_workload import print_model_summary
+
+        return print_model_summary(records, run_dir)
     from rich.console import Console
     from rich.table import Table
 

@@ -90,8 +90,9 @@ def fake_flash_module(calls, return_tuple=False):
 def test_flash_attn_unavailable_reports_why(monkeypatch):
     monkeypatch.setitem(sys.modules, "flash_attn", None)
     m = A.create_attention("flash_attn", 24, 3).double()
+    missing = m.unavailable_reasons(torch.device("cpu"))
+    assert len(missing) == 1 and missing[0].startswith("flash_attn is not installed (ModuleNotFoundError:")
     reasons = m.unsupported_reasons(device=torch.device("cpu"), dtype=torch.float16, hw=(2, 5), batch=2)
-    assert reasons[0].startswith("flash_attn is not installed (ModuleNotFoundError:")
     assert "flash-attn runs on CUDA only (device is cpu)" in reasons
     with pytest.raises(A.Unavailable, match="flash_attn is not installed"):
         m.attend(*qkv(), (2, 5))
@@ -116,6 +117,7 @@ def test_flash_attn_layout_and_scale(monkeypatch, version, module, as_tuple):
 def test_flash_attn_present_but_cpu_is_unsupported(monkeypatch):
     monkeypatch.setitem(sys.modules, "flash_attn", fake_flash_module([]))
     m = A.create_attention("flash_attn", 24, 3, version="2")
+    assert m.unavailable_reasons(torch.device("cpu")) == []
     assert m.unsupported_reasons(device=torch.device("cpu"), dtype=torch.float16, hw=(2, 5), batch=1) == [
         "flash-attn runs on CUDA only (device is cpu)"
     ]
@@ -176,7 +178,7 @@ def test_xformers_without_cpp_ops_is_unavailable(monkeypatch):
     """The reference GPU box's case: 0.0.35 imports on another torch, finds no operator."""
     install_fake_xformers(monkeypatch, [], has_cpp=False)
     m = A.create_attention("xformers", 24, 3)
-    reasons = m.unsupported_reasons(device=torch.device("cuda"), dtype=torch.float16, hw=(2, 5), batch=1)
+    reasons = m.unavailable_reasons(torch.device("cuda"))
     assert len(reasons) == 1
     assert reasons[0].startswith("xformers 0.0.35 imports but its C++ ops did not load")
     assert "PyTorch 2.10.0+cu128 with CUDA 1208 (you have 2.13.0+cpu)" in reasons[0]
@@ -196,9 +198,10 @@ def test_xformers_no_operator_is_unsupported(monkeypatch):
 def test_xformers_missing_and_cpu(monkeypatch):
     monkeypatch.setitem(sys.modules, "xformers", None)
     m = A.create_attention("xformers", 24, 3)
+    missing = m.unavailable_reasons(torch.device("cpu"))
+    assert len(missing) == 1 and missing[0].startswith("xformers is not installed (ModuleNotFoundError:")
     reasons = m.unsupported_reasons(device=torch.device("cpu"), dtype=torch.float64, hw=(2, 5), batch=1)
-    assert reasons[0].startswith("xformers is not installed (ModuleNotFoundError:")
-    assert reasons[1] == "xformers memory_efficient_attention has CUDA operators only (device is cpu)"
+    assert reasons == ["xformers memory_efficient_attention has CUDA operators only (device is cpu)"]
     assert X.xformers_case_reasons(torch.device("cuda"), torch.float64) == [
         "xformers memory_efficient_attention runs float16/bfloat16/float32, not torch.float64"
     ]

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 import attentions as A
 from suite import accuracy as acc
-from suite.measure import _quantile, count_flops, peak_memory, time_fn
+from suite.measure import _quantile, count_flops, peak_memory, sdpa_kernels, time_fn
 
 CPU = torch.device("cpu")
 
@@ -46,11 +46,23 @@ def test_cpu_peak_memory_sees_torch_allocations():
     assert mem.method == "cpu_profiler_allocations"
 
 
-def test_count_flops_sees_cpu_sdpa_and_names_kernel():
+def test_count_flops_sees_cpu_sdpa():
     q = torch.randn(2, 3, 16, 8)
-    flops, kernels = count_flops(lambda: F.scaled_dot_product_attention(q, q, q))
-    assert flops == 4 * 2 * 3 * 16 * 16 * 8
-    assert kernels == {"flash_cpu"}
+    assert count_flops(lambda: F.scaled_dot_product_attention(q, q, q)) == 4 * 2 * 3 * 16 * 16 * 8
+
+
+def test_sdpa_kernels_names_the_backend_that_ran():
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    q = torch.randn(2, 3, 16, 8)
+    assert sdpa_kernels(lambda: F.scaled_dot_product_attention(q, q, q)) == {"flash_cpu"}
+
+    def math():
+        with sdpa_kernel(SDPBackend.MATH):
+            return F.scaled_dot_product_attention(q, q, q)
+
+    assert sdpa_kernels(math) == {"math"}
+    assert sdpa_kernels(lambda: q @ q.transpose(-2, -1)) == set()
 
 
 def test_exact_reference_chunks_agree():

@@ -21,6 +21,9 @@ def runnable(m, hw, dtype=torch.float32):
         m.check_grid(hw)
     except ValueError as e:
         pytest.skip(f"{m.registry_name} rejects grid {hw}: {e}")
+    missing = m.unavailable_reasons(torch.device("cpu"))
+    if missing:
+        pytest.skip(f"{m.registry_name} unavailable here: {'; '.join(missing)}")
     reasons = m.unsupported_reasons(device=torch.device("cpu"), dtype=dtype, hw=hw, batch=2)
     if reasons:
         pytest.skip(f"{m.registry_name} cannot run here: {'; '.join(reasons)}")
