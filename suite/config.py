@@ -10,10 +10,12 @@ from typing import Any
 
 from omegaconf import MISSING
 
+from .model_config import ModelConfig, ProxyConfig
+
 PRECISIONS = ("auto", "fp32", "fp16", "bf16", "amp")
 DEVICES = ("auto", "cpu", "cuda")
-WORKLOADS = ("op", "layer")
-TASKS = ("measure",)
+WORKLOADS = ("op", "layer", "model")
+TASKS = ("measure", "train_proxy")
 
 
 class BadInput(ValueError):
@@ -60,6 +62,16 @@ class RunConfig:
     accuracy_max_tokens: int = 16384
     flops_count: bool = True  # run FlopCounterMode once (untimed)
     records_dir: str = ""  # "" -> the Hydra run directory
+    # Sweeps (suite/sweep.py): resume=true skips a case that already has an ok
+    # row under the sweep dir; a case whose memory_estimate exceeds the device's
+    # free memory (or memory_limit_mib when > 0) is a `skipped` row, not run.
+    resume: bool = False
+    variant: str = ""  # the conf/variant/ option used (set by that file; a label only)
+    skip_unfit: bool = True
+    memory_limit_mib: float = 0.0
+    # Read only by workload=model / task=train_proxy (suite/model_workload.py, suite/train_proxy.py).
+    model: ModelConfig = field(default_factory=ModelConfig)
+    proxy: ProxyConfig = field(default_factory=ProxyConfig)
 
 
 def register_configs() -> None:

@@ -76,6 +76,33 @@ class Record:
     timestamp: str = ""
     seed: int = 0
     config: str = ""  # the full resolved config, as YAML
+    # workload=model / task=train_proxy (suite/model_workload.py, suite/train_proxy.py); empty otherwise.
+    # There dim/heads/patch_size/grid/tokens are the model's stage-1 values.
+    model: str = ""
+    params: int = 0
+    stage_attentions: str = ""  # attention per stage, "|"-joined
+    model_info: str = ""  # JSON: per-stage dim/heads/grid/options, position embedding, fallbacks
+    flops_per_image_analytic: float = NAN  # FLOPs (2 per multiply-add); the papers' "GFLOPs" are MACs: /2
+    flops_per_image_counted: float = NAN
+    attn_flops_per_image_analytic: float = NAN  # the attention layers' part (qkv, core, LePE, proj)
+    latency_ms_p50_attn_identity: float = NAN  # attention layers -> identity on (B, N, C)
+    attn_latency_share: float = NAN  # 1 - that / latency_ms_p50
+    attn_core_latency_share: float = NAN  # attention core -> v (qkv, proj kept)
+    fidelity_images: int = 0
+    fidelity_feat_rel_err: float = NAN  # vs the same weights with exact attention everywhere
+    fidelity_feat_cos: float = NAN
+    fidelity_top1_agree: float = NAN  # random 1000-class head
+    fidelity_layer_rel_err_mean: float = NAN  # each layer vs exact attention on its own input
+    fidelity_layer_rel_err_max: float = NAN
+    fidelity_layer_cos_min: float = NAN
+    fidelity_layers: str = ""  # JSON list of {stage, block, rel_err, cos}
+    proxy_task: str = ""  # pathfinder, listops
+    proxy_steps: int = 0
+    proxy_top1: float = NAN  # held-out split
+    proxy_train_loss: float = NAN  # mean over the last 10% of steps
+    proxy_steps_per_s: float = NAN
+    proxy_wall_s: float = NAN  # the whole job: data, training, evaluation
+    proxy_eval_items: int = 0
 
     def __post_init__(self):
         if self.status not in STATUSES:
