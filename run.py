@@ -16,7 +16,7 @@ from suite.config import BadInput, register_configs
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
-def main(cfg: DictConfig) -> None:
+def main(cfg: DictConfig) -> list:
     from suite import runner
 
     hc = HydraConfig.get()
@@ -31,7 +31,15 @@ def main(cfg: DictConfig) -> None:
         else:
             print(f"error: {e}", file=sys.stderr)
             sys.exit(2)
+    except Exception as e:  # noqa: BLE001 - a sweep job that fails outside measuring is a row too
+        if hc.mode != RunMode.MULTIRUN:
+            raise
+        from suite.sweep import failed_record
+
+        records = [failed_record(cfg, e, run_dir)]
+        runner.write_records(records, run_dir)
     runner.print_summary(records, run_dir)
+    return records  # the sweep callback prints each job's one-line result from these
 
 
 if __name__ == "__main__":

@@ -1,0 +1,255 @@
+"""Merge every job's records into one tidy table, with derived columns.
+
+    python -m suite.collect results/sweeps/paper_speedup            # -> results.parquet/.csv there
+    python -m suite.collect results/reference/cpu/results.parquet gpu_sweep/ --out results/merged
+
+Each argument is a sweep/run directory (every ``records.parquet`` below it)
+or a table file (``records.parquet``/``results.parquet``/``.csv``). One row
+per measured case; the columns are the Record columns plus derived ones:
+
+- ``variant``: the attention and its non-default options, e.g. ``sdpa[backend=flash]``.
+- ``speedup_vs_vanilla`` / ``speedup_vs_flash``: baseline p50 latency / this
+  row's p50, against the same case (device, device_name, dtype, workload,
+  resolution, batch, patch, dim, heads [, model]) run with the baseline
+  variant (``baseline_vanilla`` / ``baseline_flash`` name it). Rows from
+  other machines never pair up: device_name is part of the match.
+- ``peak_tflops``, ``peak_gbps``, ``arith_intensity``, ``frac_of_peak``,
+  ``frac_of_roofline``: where the GPU's datasheet peak is known (PEAKS).
+
+Inside one directory a case measured twice (a rerun) keeps one row: its
+newest ``ok`` row, else its newest row. Tables from different arguments are
+concatenated as they are, so different machines stay distinguishable by
+device_name, hostname and the version columns.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+from pathlib import Path
+
+import pandas as pd
+
+from .records import record_fields
+from .sweep import OPTIONAL_KEY, case_key, read_job_records
+
+DERIVED = ("variant", "speedup_vs_vanilla", "speedup_vs_flash", "baseline_vanilla", "baseline_flash",
+           "peak_tflops", "peak_gbps", "arith_intensity", "roofline_tflops", "frac_of_peak", "frac_of_roofline",
+           "job_dir")
+# The first variant of each list that the table holds is the baseline.
+BASELINES = {
+    "vanilla": ["vanilla[lepe=true]", "vanilla"],  # the paper's VaniATT is vanilla + LePE
+    "flash": ["sdpa[backend=flash]", "flash_attn"],  # FlashAttention-2 (torch's flash backend is FA2)
+}
+MATCH = ("device", "device_name", "dtype", "workload", "resolution", "batch_size", "patch_size", "dim", "heads")
+
+# Dense peaks (no 2:4 sparsity) from NVIDIA's datasheets: fp16/bf16 = tensor-core
+# dense, fp32 = non-tensor FP32 (torch does not use TF32 for fp32 matmuls unless
+# asked), memory bandwidth in GB/s. First matching pattern wins (order matters).
+PEAKS: list[tuple[str, dict[str, float], float]] = [
+    (r"H100.*NVL", {"fp16": 835.5, "bf16": 835.5, "fp32": 59.8}, 3900),  # H100 NVL datasheet
+    (r"H100.*PCIe", {"fp16": 756.5, "bf16": 756.5, "fp32": 51.2}, 2000),  # H100 PCIe 80GB datasheet
+    (r"H100", {"fp16": 989.4, "bf16": 989.4, "fp32": 66.9}, 3350),  # H100 SXM5 80GB HBM3 datasheet
+    (r"H200", {"fp16": 989.4, "bf16": 989.4, "fp32": 66.9}, 4800),  # H200 SXM datasheet (H100 compute, HBM3e)
+    (r"\bH20\b", {"fp16": 148.0, "bf16": 148.0, "fp32": 44.0}, 4000),  # H20 spec sheet as published by OEMs
+    (r"A100.*80GB PCIe", {"fp16": 312.0, "bf16": 312.0, "fp32": 19.5}, 1935),  # A100 datasheet
+    (r"A100-SXM4-80GB", {"fp16": 312.0, "bf16": 312.0, "fp32": 19.5}, 2039),
+    (r"A100", {"fp16": 312.0, "bf16": 312.0, "fp32": 19.5}, 1555),  # 40GB SXM4 / PCIe
+    (r"L40S", {"fp16": 362.1, "bf16": 362.1, "fp32": 91.6}, 864),  # L40S datasheet
+    (r"\bL4\b", {"fp16": 121.0, "bf16": 121.0, "fp32": 30.3}, 300),  # L4 datasheet
+    (r"\bA10\b", {"fp16": 125.0, "bf16": 125.0, "fp32": 31.2}, 600),  # A10 datasheet
+    (r"RTX 4090", {"fp16": 165.2, "bf16": 165.2, "fp32": 82.6}, 1008),  # Ada whitepaper, FP32 accumulate
+    (r"\bT4\b", {"fp16": 65.0, "fp32": 8.1}, 320),  # T4 datasheet (no bf16)
+    (r"V100", {"fp16": 125.0, "fp32": 15.7}, 900),  # V100 SXM2 datasheet (no bf16)
+]
+ITEMSIZE = {"fp32": 4, "fp16": 2, "bf16": 2, "amp": 4}
+
+
+def device_peak(device_name: str, dtype: str) -> tuple[float, float]:
+    """(peak TFLOP/s, peak GB/s) for a GPU name and dtype; NaN when unknown."""
+    compute = {"amp": "fp16"}.get(dtype, dtype)  # amp runs its matmuls in fp16 on CUDA
+    for pattern, tflops, gbps in PEAKS:
+        if re.search(pattern, str(device_name)):
+            return tflops.get(compute, math.nan), float(gbps)
+    return math.nan, math.nan
+
+
+def variant_label(name: str, options: dict) -> str:
+    """``sdpa[backend=flash]``: the name plus options that differ from the registered defaults."""
+    try:
+        from attentions import attention_options
+
+        defaults = attention_options(name)
+    except Exception:  # noqa: BLE001 - an attention this checkout does not have: show every option
+        defaults = {}
+    diff = {k: v for k, v in sorted(options.items()) if k not in defaults or defaults[k] != v}
+    if not diff:
+        return str(name)
+    text = ",".join(f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in diff.items())
+    return f"{name}[{text}]"
+
+
+# -- loading ------------------------------------------------------------------
+def _read_table(path: Path) -> pd.DataFrame:
+    return pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path, keep_default_na=False,
+                                                                                na_values=[""])
+
+
+def dedupe(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per case and host: the newest ok row, else the newest row."""
+    if df.empty:
+        return df
+    keys = [case_key(r, df.columns) + (str(r.get("hostname", "")),) for _, r in df.iterrows()]
+    order = df.assign(_key=keys, _ok=(df["status"] == "ok").astype(int))
+    order = order.sort_values(["_ok", "timestamp"], ascending=[False, False], kind="stable")
+    return order.drop_duplicates("_key").drop(columns=["_key", "_ok"]).sort_index().reset_index(drop=True)
+
+
+def load(paths: list[str | Path]) -> pd.DataFrame:
+    """The rows of every argument: directories deduplicated, tables taken as they are."""
+    frames = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            df = dedupe(read_job_records(p))
+        elif p.is_file():
+            df = _read_table(p)
+        else:
+            raise FileNotFoundError(f"{p}: no such directory or table")
+        if not df.empty:
+            frames.append(df.drop(columns=[c for c in DERIVED if c in df.columns]))
+    if not frames:
+        raise FileNotFoundError(f"no records.parquet under {', '.join(map(str, paths))}")
+    df = pd.concat(frames, ignore_index=True)
+    ordered = [c for c in record_fields() if c in df.columns]
+    return df[ordered + [c for c in df.columns if c not in ordered]]
+
+
+# -- derived columns ---------------------------------------------------------
+def add_variant(df: pd.DataFrame) -> pd.DataFrame:
+    labels = {}
+    for name, opts in set(zip(df["attention"], df["attention_options"].fillna("{}"))):
+        labels[(name, opts)] = variant_label(name, json.loads(opts or "{}"))
+    df["variant"] = [labels[(n, o)] for n, o in zip(df["attention"], df["attention_options"].fillna("{}"))]
+    return df
+
+
+def _match_cols(df: pd.DataFrame) -> list[str]:
+    return list(MATCH) + [c for c in OPTIONAL_KEY if c in df.columns]
+
+
+def add_speedup(df: pd.DataFrame, column: str, baseline: str) -> pd.DataFrame:
+    """``column`` = baseline variant's p50 latency / this row's, on the same case and device."""
+    cols = _match_cols(df)
+    base = df[(df["variant"] == baseline) & (df["status"] == "ok")]
+    base = base.groupby(cols, dropna=False)["latency_ms_p50"].median().rename("_base_ms").reset_index()
+    merged = df[cols].merge(base, on=cols, how="left")
+    ok = (df["status"] == "ok").to_numpy()
+    df[column] = (merged["_base_ms"].to_numpy() / df["latency_ms_p50"].to_numpy()).astype(float)
+    df.loc[~ok, column] = math.nan
+    return df
+
+
+def pick_baseline(df: pd.DataFrame, candidates: list[str]) -> str | None:
+    present = set(df["variant"])
+    return next((c for c in candidates if c in present), None)
+
+
+def compulsory_bytes(row) -> float:
+    """Bytes one call must move at least: op reads q, k, v and writes out;
+    layer reads x and the weights and writes out. NaN for other workloads."""
+    s = ITEMSIZE.get(row["dtype"], 4)
+    bnc = row["batch_size"] * row["tokens"] * row["dim"]
+    if row["workload"] == "op":
+        return 4 * bnc * s
+    if row["workload"] == "layer":
+        return (2 * bnc + 4 * row["dim"] ** 2 + 4 * row["dim"]) * s
+    return math.nan
+
+
+def add_roofline(df: pd.DataFrame) -> pd.DataFrame:
+    peaks = [device_peak(n, d) if dev == "cuda" else (math.nan, math.nan)
+             for n, d, dev in zip(df["device_name"], df["dtype"], df["device"])]
+    df["peak_tflops"] = [p[0] for p in peaks]
+    df["peak_gbps"] = [p[1] for p in peaks]
+    df["arith_intensity"] = df["flops_analytic"] / df.apply(compulsory_bytes, axis=1)
+    df["roofline_tflops"] = [min(p, ai * bw / 1e3) if p == p else math.nan  # GB/s * flop/B -> TFLOP/s
+                             for p, ai, bw in zip(df["peak_tflops"], df["arith_intensity"], df["peak_gbps"])]
+    df["frac_of_peak"] = df["tflops_per_s"] / df["peak_tflops"]
+    df["frac_of_roofline"] = df["tflops_per_s"] / df["roofline_tflops"]
+    return df
+
+
+def derive(df: pd.DataFrame, baselines: dict[str, list[str]] | None = None) -> pd.DataFrame:
+    """Add every derived column (see the module docstring)."""
+    df = add_variant(df.copy())
+    for short, candidates in (baselines or BASELINES).items():
+        chosen = pick_baseline(df, candidates)
+        df[f"baseline_{short}"] = chosen or ""
+        if chosen:
+            add_speedup(df, f"speedup_vs_{short}", chosen)
+        else:
+            df[f"speedup_vs_{short}"] = math.nan
+    return add_roofline(df)
+
+
+def load_tables(path: str | Path) -> pd.DataFrame:
+    """Any results location, derived columns recomputed: a table file, or a
+    directory holding results.parquet files (all merged), or else job records."""
+    p = Path(path)
+    if p.is_file():
+        return derive(_read_table(p))
+    if not p.is_dir():
+        raise FileNotFoundError(f"{p}: no such directory or table")
+    tables = sorted(p.rglob("results.parquet"))
+    return derive(load(tables) if tables else load([p]))
+
+
+def collect(paths: list[str | Path], out_dir: str | Path | None = None,
+            baselines: dict[str, list[str]] | None = None) -> Path:
+    """Merge, derive, write results.parquet and results.csv in ``out_dir``; return the parquet path."""
+    missing = [str(p) for p in paths if not Path(p).exists()]
+    if missing:
+        raise FileNotFoundError(f"{', '.join(missing)}: no such directory or table")
+    if out_dir is None:
+        if len(paths) != 1 or not Path(paths[0]).is_dir():
+            raise ValueError("several inputs (or a file): say where the merged table goes with --out DIR")
+        out_dir = paths[0]
+    df = derive(load(paths), baselines)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    df.to_parquet(out / "results.parquet", index=False)
+    df.to_csv(out / "results.csv", index=False)
+    return out / "results.parquet"
+
+
+def _parse_baselines(items: list[str]) -> dict[str, list[str]]:
+    out = {k: list(v) for k, v in BASELINES.items()}
+    for item in items:
+        short, sep, variant = item.partition("=")
+        if not sep or not re.fullmatch(r"\w+", short):
+            raise SystemExit(f"--baseline {item!r}: expected NAME=VARIANT, e.g. vanilla=vanilla[lepe=true]")
+        out[short] = [variant]
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m suite.collect", description=__doc__.split("\n\n")[0])
+    ap.add_argument("paths", nargs="+", help="sweep/run directories or results/records tables")
+    ap.add_argument("--out", help="where results.parquet/.csv go (default: the one directory given)")
+    ap.add_argument("--baseline", action="append", default=[], metavar="NAME=VARIANT",
+                    help="speedup_vs_NAME against VARIANT (default: vanilla=vanilla[lepe=true], "
+                         "flash=sdpa[backend=flash])")
+    args = ap.parse_args(argv)
+    try:
+        path = collect(args.paths, args.out, _parse_baselines(args.baseline))
+    except (FileNotFoundError, ValueError) as e:
+        raise SystemExit(f"error: {e}") from None
+    df = pd.read_parquet(path)
+    counts = ", ".join(f"{n} {s}" for s, n in df["status"].value_counts().items())
+    print(f"{len(df)} rows ({counts}) from {df['device_name'].nunique()} device(s) -> {path} and "
+          f"{path.with_suffix('.csv')}")
+
+
+if __name__ == "__main__":
+    main()
