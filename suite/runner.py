@@ -155,6 +155,7 @@ def run_job(cfg: DictConfig, run_dir: Path) -> list[Record]:
 
         return run_model_job(cfg, run_dir)
     hw = validate(cfg)
+    torch.manual_seed(cfg.seed)  # the weights too: a rerun measures the same module
     module = build_attention(cfg, hw)
     device = resolve_device(cfg.device.name)
     precision = resolve_precision(cfg.precision.name, device)

@@ -68,6 +68,18 @@ def test_run_py_each_attention(tmp_path, name):
 
 
 @pytest.mark.slow
+def test_same_seed_same_numbers(tmp_path):
+    """Weights and inputs are seeded: two runs give identical accuracy proxies."""
+    rows = []
+    for i in range(2):
+        p = run("attention=elfatt", *TINY, f"hydra.run.dir={tmp_path / str(i)}", cwd=tmp_path)
+        assert p.returncode == 0, p.stderr[-2000:]
+        rows.append(records_in(tmp_path / str(i)).iloc[0])
+    assert rows[0].rel_err_vs_exact == rows[1].rel_err_vs_exact
+    assert rows[0].cos_sim_vs_exact == rows[1].cos_sim_vs_exact
+
+
+@pytest.mark.slow
 def test_two_job_multirun(tmp_path):
     p = run("-m", "attention=vanilla,elfatt", *TINY, f"hydra.sweep.dir={tmp_path}", cwd=tmp_path)
     assert p.returncode == 0, p.stderr[-2000:]
