@@ -106,7 +106,6 @@ class Nvml:
 
     def __init__(self, device: torch.device):
         self.handle = None
-        self.error = ""
         if device.type != "cuda":
             return
         try:
@@ -116,8 +115,8 @@ class Nvml:
             index = device.index if device.index is not None else torch.cuda.current_device()
             self.handle = pynvml.nvmlDeviceGetHandleByIndex(index)
             self._nv = pynvml
-        except Exception as e:  # noqa: BLE001 - NVML missing or broken: record why
-            self.error = f"NVML unavailable: {e}"
+        except Exception:  # noqa: BLE001 - NVML missing or broken: the GPU columns stay empty
+            self.handle = None
 
     def clocks(self) -> dict[str, object]:
         if self.handle is None:

@@ -34,7 +34,6 @@ and tokens); ``model_info`` has every stage.
 from __future__ import annotations
 
 import copy
-import datetime as dt
 import json
 import math
 import statistics
@@ -54,6 +53,8 @@ from .models import (
 )
 from .failures import failure
 from .records import Record, write_records
+from .runner import attention_options
+from .runner import base_fields as base_fields_of_case
 from .workloads import autocast_context, seeded_randn
 
 
@@ -63,12 +64,6 @@ def model_config(cfg: DictConfig) -> ModelConfig:
     if node is None:
         return ModelConfig()
     return ModelConfig(**OmegaConf.to_container(node, resolve=True))
-
-
-def attention_options(cfg: DictConfig) -> dict:
-    opts = OmegaConf.to_container(cfg.attention, resolve=True)
-    opts.pop("name", None)
-    return opts
 
 
 def _resolution_list(mc: ModelConfig, name: str, opts: dict, upto: int, asked: int) -> str:
@@ -105,30 +100,19 @@ def resolve_plan(mc: ModelConfig, name: str, opts: dict, resolution: int) -> Mod
 # -- helpers -------------------------------------------------------------------------
 def base_fields(cfg: DictConfig, plan: ModelPlan | None, device: torch.device, dtype_name: str, env: dict,
                 mc: ModelConfig) -> dict:
+    """The row's identifying columns, with the model's own stage-1 grid, width and heads
+    (the top-level dim, heads and patch_size do not apply to a model)."""
     s0 = plan.stages[0] if plan else None
     grid = s0.grid if s0 else (0, 0)
-    return dict(
-        attention=str(cfg.attention.get("name")),
+    return base_fields_of_case(
+        cfg, grid, device, dtype_name, env,
         workload="model" if cfg.task == "measure" else cfg.task,
-        resolution=cfg.resolution,
         patch_size=plan.patch_size if plan else mc.patch_size,
-        grid_h=grid[0],
-        grid_w=grid[1],
-        tokens=grid[0] * grid[1],
-        batch_size=cfg.batch_size,
         dim=s0.dim if s0 else mc.embed_dim,
         heads=s0.heads if s0 else (mc.heads[0] if mc.heads else 0),
-        dtype=dtype_name,
-        device=device.type,
-        device_name=str(env.get("device_name", "")),
-        attention_options=json.dumps(attention_options(cfg), sort_keys=True),
-        seed=cfg.seed,
-        timestamp=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        config=OmegaConf.to_yaml(cfg, resolve=True),
         model=mc.name,
         stage_attentions=plan.stage_attentions() if plan else "",
         model_info=json.dumps(model_info(plan), sort_keys=True) if plan else "",
-        **{k: v for k, v in env.items() if k in Record.__dataclass_fields__ and k != "device_name"},
     )
 
 

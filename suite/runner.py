@@ -25,7 +25,8 @@ from .records import Record, write_records
 from .workloads import prepare
 
 
-def _options(cfg: DictConfig) -> dict:
+def attention_options(cfg: DictConfig) -> dict:
+    """The attention's constructor options from the config (everything but its name)."""
     opts = OmegaConf.to_container(cfg.attention, resolve=True)
     opts.pop("name", None)
     return opts
@@ -35,7 +36,7 @@ def build_attention(cfg: DictConfig, hw: tuple[int, int]):
     """The attention module for ``cfg``, or BadInput naming the valid choices."""
     name = cfg.attention.get("name")
     try:
-        module = attentions.create_attention(name, cfg.dim, cfg.heads, **_options(cfg))
+        module = attentions.create_attention(name, cfg.dim, cfg.heads, **attention_options(cfg))
         module.check_grid(hw)
     except ValueError as e:
         raise BadInput(str(e)) from None
@@ -51,7 +52,9 @@ def validate(cfg: DictConfig) -> tuple[int, int]:
     return grid_of(cfg.resolution, cfg.patch_size)
 
 
-def _base_fields(cfg: DictConfig, hw, device: torch.device, dtype_name: str, env: dict) -> dict:
+def base_fields(cfg: DictConfig, hw, device: torch.device, dtype_name: str, env: dict, **overrides) -> dict:
+    """The identifying columns of a row; ``overrides`` replace or add columns
+    (the model workload's own grid, width and model facts)."""
     return dict(
         attention=str(cfg.attention.get("name")),
         workload=cfg.workload.name,
@@ -66,12 +69,12 @@ def _base_fields(cfg: DictConfig, hw, device: torch.device, dtype_name: str, env
         dtype=dtype_name,
         device=device.type,
         device_name=str(env.get("device_name", "")),
-        attention_options=json.dumps(_options(cfg), sort_keys=True),
+        attention_options=json.dumps(attention_options(cfg), sort_keys=True),
         seed=cfg.seed,
         timestamp=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         config=OmegaConf.to_yaml(cfg, resolve=True),
         **{k: v for k, v in env.items() if k in Record.__dataclass_fields__ and k != "device_name"},
-    )
+    ) | overrides
 
 
 def measure_case(cfg: DictConfig, module, hw, device: torch.device, precision, base: dict, run_dir: Path) -> Record:
@@ -114,7 +117,8 @@ def measure_case(cfg: DictConfig, module, hw, device: torch.device, precision, b
                 a = _accuracy(module, out, prep, hw, cfg.workload.name)
                 m.update(rel_err_vs_exact=a.rel_err_vs_exact, rel_err_vs_fp64=a.rel_err_vs_fp64,
                          cos_sim_vs_exact=a.cos_sim_vs_exact)
-        m["run_info"] = json.dumps(module.run_info(), sort_keys=True) if module.run_info() else ""
+        info = module.run_info()
+        m["run_info"] = json.dumps(info, sort_keys=True) if info else ""
         if cfg.flops_count:  # last: a counter that fails to trace can leave torch.compile's caches unusable
             m["flops_counted"], note = try_count_flops(prep.fn)
             notes.append(note)
@@ -160,7 +164,7 @@ def run_job(cfg: DictConfig, run_dir: Path) -> list[Record]:
     device = resolve_device(cfg.device.name)
     precision = resolve_precision(cfg.precision.name, device)
     env = environment(device)
-    base = _base_fields(cfg, hw, device, precision.name, env)
+    base = base_fields(cfg, hw, device, precision.name, env)
     skipped = sweep.skip_record(cfg, module, hw, device, precision, base)
     records = [skipped or measure_case(cfg, module, hw, device, precision, base, run_dir)]
     write_records(records, run_dir)
@@ -171,11 +175,11 @@ def invalid_record(cfg: DictConfig, message: str) -> Record:
     """A row for a sweep job whose settings are invalid (it is not measured)."""
     res, patch = cfg.resolution, cfg.patch_size
     g = res // patch if patch > 0 else 0
-    base = _base_fields(cfg, (g, g), torch.device("cpu"), str(cfg.precision.name), {})
+    base = base_fields(cfg, (g, g), torch.device("cpu"), str(cfg.precision.name), {})
     base["device"] = str(cfg.device.name)
     try:  # say where the case would have run, so the row groups with its sweep's device
         device = resolve_device(cfg.device.name)
-        base = _base_fields(cfg, (g, g), device, resolve_precision(cfg.precision.name, device).name,
+        base = base_fields(cfg, (g, g), device, resolve_precision(cfg.precision.name, device).name,
                             environment(device))
     except Exception:  # noqa: BLE001 - e.g. device=cuda without a GPU: keep the settings as given
         pass

@@ -18,6 +18,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from .failures import first_line
 from .records import Record
 
 # What makes two rows the same case. The model workload's and the training
@@ -150,9 +151,7 @@ def failed_record(cfg, error: BaseException, run_dir: Path) -> Record:
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "error.log").write_text("".join(traceback.format_exception(error)))
-    lines = str(error).strip().splitlines()
-    reason = f"{type(error).__name__}: {lines[0] if lines else ''}"[:400]
-    row = invalid_record(cfg, f"{reason} (traceback in {run_dir / 'error.log'})")
+    row = invalid_record(cfg, f"{first_line(error)} (traceback in {run_dir / 'error.log'})")
     return dataclasses.replace(row, status="error")
 
 

@@ -39,7 +39,8 @@ from .config import BadInput
 from .device import Precision, dtype_unsupported_reason, environment, resolve_device
 from .model_config import PROXY_TASKS, ModelConfig, ProxyConfig
 from .failures import failure
-from .model_workload import attention_options, base_fields, model_config, resolve_plan, unsupported
+from .model_workload import base_fields, model_config, resolve_plan, unsupported
+from .runner import attention_options
 from .models import Backbone, ModelPlan, TokenStem, build_model, count_params
 from .records import Record, write_records
 

@@ -74,7 +74,7 @@ def _case(hydra_conf, *extra):
     from suite.device import environment, resolve_precision
 
     precision = resolve_precision("fp32", device)
-    base = runner._base_fields(cfg, hw, device, precision.name, environment(device))
+    base = runner.base_fields(cfg, hw, device, precision.name, environment(device))
     return cfg, module, hw, device, precision, base
 
 
