@@ -3,8 +3,9 @@
 Importing this package registers every attention (explicit imports below);
 nothing else happens at import time. ``attentions`` never imports ``suite``.
 """
-from . import elfatt, exact, exact_ext, linear, linear_ext, window  # noqa: F401  (registration)
-from .base import Attention, Unavailable, Unsupported
+from . import elfatt, exact, linear, optional, window  # noqa: F401  (registration)
+from .base import Attention
+from .errors import Unavailable, Unsupported
 from .registry import (
     AttentionInfo,
     attention_info,

@@ -13,47 +13,21 @@ import copy
 import torch
 import torch.nn as nn
 
-
-class Unsupported(RuntimeError):
-    """This attention cannot run this case here (dtype, device, backend...)."""
-
-
-class Unavailable(Unsupported):
-    """An optional package this attention needs is missing or unusable."""
+from .functional import apply_lepe, divisors, dwconv_flops, lepe_conv
 
 
 def check_heads(dim: int, num_heads: int) -> int:
     """Head width, or a clear error when heads do not divide dim."""
     if num_heads < 1 or dim % num_heads:
-        divisors = [h for h in range(1, dim + 1) if dim % h == 0]
-        raise ValueError(f"heads={num_heads} does not divide dim={dim}; valid heads for dim={dim}: {divisors}")
+        raise ValueError(f"heads={num_heads} does not divide dim={dim}; valid heads for dim={dim}: {divisors(dim)}")
     return dim // num_heads
 
 
-def lepe_conv(channels: int) -> nn.Conv2d:
-    """LePE: depthwise 3x3 convolution, padding 1, with bias."""
-    return nn.Conv2d(channels, channels, kernel_size=3, padding=1, groups=channels, bias=True)
-
-
-def to_map(t: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
-    """(B, h, N, d) -> (B, h*d, H, W), channels in head order (channel = head*d + j)."""
-    B, h, N, d = t.shape
-    return t.permute(0, 1, 3, 2).reshape(B, h * d, hw[0], hw[1])
-
-
-def from_map(m: torch.Tensor, heads: int) -> torch.Tensor:
-    """(B, h*d, H, W) -> (B, h, N, d); inverse of ``to_map``."""
-    B, C, H, W = m.shape
-    return m.reshape(B, heads, C // heads, H * W).permute(0, 1, 3, 2)
-
-
-def apply_lepe(conv: nn.Conv2d, v: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
-    """Depthwise conv of v's channels over the H x W map; (B, h, N, d) -> same."""
-    return from_map(conv(to_map(v, hw)), v.shape[1])
-
-
-def dwconv_flops(batch: int, channels: int, hw: tuple[int, int], k: int = 3) -> int:
-    return 2 * k * k * batch * channels * hw[0] * hw[1]
+def check_impl(what: str, impl: str, impls: tuple[str, ...]) -> str:
+    """``impl`` when it is one of ``impls``, else a ValueError naming them."""
+    if impl not in impls:
+        raise ValueError(f"unknown {what} impl {impl!r}; valid impls: {', '.join(impls)}")
+    return impl
 
 
 class Attention(nn.Module):

@@ -1,9 +1,11 @@
-"""ELFATT, the reference: the definition in ../shared/ELFATT.md, in plain PyTorch.
+"""ELFATT: the reference definition in plain PyTorch, and the module that
+picks between it and the fused Triton path (``attentions/kernels``).
 
 Heads 0..g-1 are global (efficient linear attention + LePE over the whole
 map); heads g..h-1 are local (softmax attention inside stripes of
 ``block_rows`` whole rows + LePE inside each stripe). With one head the head
-is split by channels: d//2 global, d - d//2 local.
+is split by channels: d//2 global, d - d//2 local. The README's "ELFATT,
+exactly" section states the function in full.
 
 FLOPs: global 4*B*g*N*dg^2; local 4*B*(h-g)*N*L*dl with L = block_rows*W;
 LePE 2*9*B*C*N. (Convention in ``attentions/base.py``.)
@@ -11,19 +13,20 @@ LePE 2*9*B*C*N. (Convention in ``attentions/base.py``.)
 from __future__ import annotations
 
 import torch
+import torch.nn as nn
 
-from .base import Attention, dwconv_flops, from_map, lepe_conv, to_map
-from .exact import sdpa
-from .linear import efficient_attention
+from .base import Attention, check_impl
+from .functional import apply_lepe, divisors, dwconv_flops, efficient_attention, from_map, lepe_conv, sdpa, to_map
+from .kernels import ElfattSpec, LepeWeights, Tuning, fast_forward, fast_reasons, taps_first, triton_missing
 from .registry import register_attention
 
-# auto: fast on CUDA when it can run the case, else reference; reference: the
-# definition below; fast: the Triton path (attentions/kernels), same function.
+# auto: fast on CUDA in fp16/bf16 when it can run the case, else reference;
+# reference: the definition below; fast: the Triton path, same function.
 ELFATT_IMPLS = ("auto", "reference", "fast")
-
-
-def divisors(n: int) -> list[int]:
-    return [i for i in range(1, n + 1) if n % i == 0]
+# dtypes impl=auto sends to the fast path. fp32 runs the kernels' exact
+# (ieee) dots on CUDA cores at 255 registers with spills on sm_90: until that
+# is measured to win, fp32 stays on the reference.
+AUTO_FAST_DTYPES = (torch.float16, torch.bfloat16)
 
 
 def default_block_rows(H: int, target: int = 8) -> int:
@@ -34,12 +37,13 @@ def default_block_rows(H: int, target: int = 8) -> int:
 def resolve_block_rows(block_rows: int | None, H: int) -> int:
     if block_rows is None:
         return default_block_rows(H)
-    if block_rows < 1 or H % block_rows:
-        raise ValueError(f"block_rows={block_rows} does not divide the grid height H={H}; valid block_rows: {divisors(H)}")
+    if isinstance(block_rows, bool) or not isinstance(block_rows, int) or block_rows < 1 or H % block_rows:
+        raise ValueError(f"block_rows={block_rows!r} does not divide the grid height H={H}; "
+                         f"valid block_rows: {divisors(H)}")
     return block_rows
 
 
-def stripe_lepe(conv: torch.nn.Conv2d, v: torch.Tensor, hw: tuple[int, int], block_rows: int) -> torch.Tensor:
+def stripe_lepe(conv: nn.Conv2d, v: torch.Tensor, hw: tuple[int, int], block_rows: int) -> torch.Tensor:
     """LePE applied to each stripe of ``block_rows`` rows separately (zero
     padding at stripe edges, nothing mixes across stripes). (B, h, N, d) -> same."""
     H, W = hw
@@ -51,7 +55,8 @@ def stripe_lepe(conv: torch.nn.Conv2d, v: torch.Tensor, hw: tuple[int, int], blo
     return from_map(m, v.shape[1])
 
 
-def stripe_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, hw: tuple[int, int], block_rows: int, backend: str = "auto") -> torch.Tensor:
+def stripe_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, hw: tuple[int, int], block_rows: int,
+                     impl: str = "auto") -> torch.Tensor:
     """Softmax attention (scale 1/sqrt(d)) within stripes of ``block_rows`` rows. (B, h, N, d) -> same."""
     B, h, N, d = q.shape
     b = hw[0] // block_rows
@@ -60,8 +65,54 @@ def stripe_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, hw: tupl
     def blocks(t):  # raster order: block i is tokens [i*L, (i+1)*L)
         return t.reshape(B, h, b, L, d).reshape(B, h * b, L, d)
 
-    out = sdpa(blocks(q), blocks(k), blocks(v), backend)  # (B, h*b, L, d)
-    return out.reshape(B, h, N, d)
+    return sdpa(blocks(q), blocks(k), blocks(v), impl).reshape(B, h, N, d)
+
+
+def reference_attend(spec: ElfattSpec, lepe_global: nn.Conv2d | None, lepe_local: nn.Conv2d | None,
+                     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+    """The definition: (B, h, N, d) q, k, v -> (B, h, N, d)."""
+    r = spec.block_rows
+    (qg, ql), (kg, kl), (vg, vl) = spec.split(q), spec.split(k), spec.split(v)
+    parts = []
+    if lepe_global is not None:
+        parts.append(efficient_attention(qg, kg, vg) + apply_lepe(lepe_global, vg, hw))
+    if lepe_local is not None:
+        parts.append(stripe_attention(ql, kl, vl, hw, r) + stripe_lepe(lepe_local, vl, hw, r))
+    return torch.cat(parts, dim=spec.concat_dim)
+
+
+class _FastElfatt(torch.autograd.Function):
+    """Forward: the Triton path. Backward: autograd of the reference on the
+    saved inputs (the same function, so the gradients are the reference's),
+    under the autocast state the forward ran in."""
+
+    @staticmethod
+    def forward(ctx, module, spec, hw, q, k, v, *params):
+        ctx.module, ctx.spec, ctx.hw = module, spec, hw
+        ctx.autocast = _autocast_state(q.device.type)
+        # The LePE parameters are saved too, only so that autograd's version
+        # check catches an in-place update between forward and backward.
+        ctx.save_for_backward(q, k, v, *params)
+        buf, module.fast_info = fast_forward(spec, module.lepe_weights(), q, k, v, hw, module.tuning)
+        return buf
+
+    @staticmethod
+    def backward(ctx, grad_buf):
+        q, k, v, *_ = ctx.saved_tensors  # unpacking runs autograd's version check
+        m = ctx.module
+        params = m.lepe_params()  # the module's own tensors: the reference uses these
+        needs = ctx.needs_input_grad[3:]
+        device_type, enabled, dtype = ctx.autocast
+        with torch.enable_grad(), torch.autocast(device_type, dtype=dtype, enabled=enabled):
+            leaves = [t.detach().requires_grad_(n) for t, n in zip((q, k, v), needs[:3])]
+            out = reference_attend(ctx.spec, m.lepe_global, m.lepe_local, *leaves, ctx.hw)  # (B, h, N, d)
+            wrt = [t for t, n in zip([*leaves, *params], needs) if n]
+            grads = iter(torch.autograd.grad(out, wrt, grad_buf.permute(0, 2, 1, 3).to(out.dtype), allow_unused=True))
+        return (None, None, None, *(next(grads) if n else None for n in needs))
+
+
+def _autocast_state(device_type: str) -> tuple[str, bool, torch.dtype]:
+    return device_type, torch.is_autocast_enabled(device_type), torch.get_autocast_dtype(device_type)
 
 
 @register_attention(
@@ -72,42 +123,62 @@ def stripe_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, hw: tupl
     source="Wu et al. 2025, ELFATT (arXiv 2501.06098)",
 )
 class ElfattAttention(Attention):
-    """ELFATT with ``global_heads`` (default heads // 2) and ``block_rows``
+    """ELFATT with ``global_heads`` (default heads // 2; ``all``: every head) and ``block_rows``
     (default: the divisor of H nearest 8). ``impl`` selects the implementation
-    of the same function; ``reference`` is the definition."""
+    of the same function; ``reference`` is the definition. ``tuning``: the
+    fast path's declared knobs (``attentions.kernels.Tuning``)."""
 
     def __init__(
         self,
         dim: int,
         num_heads: int,
         qkv_bias: bool = True,
-        global_heads: int | None = None,
+        global_heads: int | str | None = None,
         block_rows: int | None = None,
         impl: str = "auto",
+        tuning: dict | None = None,
     ):
         super().__init__(dim, num_heads, qkv_bias, lepe=False)
-        if impl not in ELFATT_IMPLS:
-            raise ValueError(f"unknown ELFATT impl {impl!r}; valid impls: {', '.join(ELFATT_IMPLS)}")
+        self.impl = check_impl("ELFATT", impl, ELFATT_IMPLS)
+        self.tuning = Tuning.from_dict(tuning)
+        if block_rows is not None and (isinstance(block_rows, bool) or not isinstance(block_rows, int) or block_rows < 1):
+            raise ValueError(f"block_rows={block_rows!r} is invalid; valid: null (nearest divisor of H to 8) "
+                             f"or a positive integer dividing the grid height")
         d = self.head_dim
-        if num_heads == 1:
-            if global_heads is not None:
-                raise ValueError(
-                    f"global_heads={global_heads} given with heads=1; the single head is split by channels, "
-                    "so global_heads must be left unset (null)"
-                )
-            self.global_heads = None
-            self.global_channels = d // 2
+        if global_heads == "all":  # every head global (the paper's all-global baseline), any head count
+            global_heads = num_heads
+        elif num_heads == 1 and global_heads not in (None, 0):
+            raise ValueError(
+                f"global_heads={global_heads} given with heads=1; the single head is split by channels, "
+                "so global_heads must be left unset (null), 0 (one local head) or 'all' (one global head)"
+            )
+        if num_heads == 1 and global_heads is None:
+            self.global_heads, self.global_channels = None, d // 2
         else:
             g = num_heads // 2 if global_heads is None else global_heads
-            if not 0 <= g <= num_heads:
-                raise ValueError(f"global_heads={global_heads} out of range for heads={num_heads}; valid: 0..{num_heads}")
-            self.global_heads = g
-            self.global_channels = g * d
+            if isinstance(g, bool) or not isinstance(g, int) or not 0 <= g <= num_heads:
+                raise ValueError(f"global_heads={global_heads!r} out of range for heads={num_heads}; "
+                                 f"valid: 0..{num_heads}, 'all' or null (heads // 2)")
+            self.global_heads, self.global_channels = g, g * d
         self.block_rows = block_rows
-        self.impl = impl
         local_channels = dim - self.global_channels
         self.lepe_global = lepe_conv(self.global_channels) if self.global_channels else None
         self.lepe_local = lepe_conv(local_channels) if local_channels else None
+        self.fast_info: dict[str, str] = {}
+        self._ran = "not run"
+
+    def spec(self, hw: tuple[int, int]) -> ElfattSpec:
+        """The layer on grid ``hw``, as the fast path and the reference see it."""
+        return ElfattSpec(self.num_heads, self.head_dim, self.global_heads, self.global_channels,
+                          resolve_block_rows(self.block_rows, hw[0]))
+
+    def lepe_weights(self) -> LepeWeights:
+        g, loc = self.lepe_global, self.lepe_local
+        return LepeWeights(taps_first(g) if g is not None else None, g.bias if g is not None else None,
+                           taps_first(loc) if loc is not None else None, loc.bias if loc is not None else None)
+
+    def lepe_params(self) -> list[torch.Tensor]:
+        return [p for conv in (self.lepe_global, self.lepe_local) if conv is not None for p in (conv.weight, conv.bias)]
 
     def float64_reference(self):
         m = super().float64_reference()
@@ -117,54 +188,39 @@ class ElfattAttention(Attention):
     def check_grid(self, hw):
         resolve_block_rows(self.block_rows, hw[0])
 
-    def _split(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.global_heads is None:  # one head, split by channels
-            return t[..., : self.global_channels], t[..., self.global_channels :]
-        return t[:, : self.global_heads], t[:, self.global_heads :]
-
     def _fast_reasons(self, device, dtype) -> list[str]:
-        from .kernels import fast_reasons
-
-        d, gc = self.head_dim, self.global_channels
-        widths = (d,) if self.global_heads is not None else (gc, d - gc)
+        widths = (self.head_dim,) if self.global_heads is not None else \
+            (self.head_dim // 2, self.head_dim - self.head_dim // 2)
         return fast_reasons(device=device, dtype=dtype, widths=widths)
 
     def _use_fast(self, q: torch.Tensor) -> bool:
-        if self.impl == "auto":  # fast only where it can run; reference otherwise
-            from .kernels import triton_missing
-
-            return q.is_cuda and not triton_missing() and not self._fast_reasons(q.device, q.dtype)
+        if self.impl == "auto":  # fast only where it can run, and is meant to win; reference otherwise
+            return (q.is_cuda and q.dtype in AUTO_FAST_DTYPES and not triton_missing()
+                    and not self._fast_reasons(q.device, q.dtype))
         return self.impl == "fast"
 
     def unsupported_reasons(self, *, device, dtype, hw, batch):
         return self._fast_reasons(device, dtype) if self.impl == "fast" else []
 
     def run_info(self):
-        ran = getattr(self, "_ran", "not run")
-        return {"impl_ran": ran, **(getattr(self, "_fast_info", {}) if ran == "fast" else {})}
+        return {"impl_ran": self._ran, **(self.fast_info if self._ran == "fast" else {})}
 
     def attend(self, q, k, v, hw):
+        hw = tuple(hw)
+        spec = self.spec(hw)
         self._ran = "fast" if self._use_fast(q) else "reference"
-        if self._ran == "fast":
-            from .kernels import elfatt_attend
-
-            return elfatt_attend(self, q, k, v, hw)
-        return self._reference_attend(q, k, v, hw)
-
-    def _reference_attend(self, q, k, v, hw):
-        r = resolve_block_rows(self.block_rows, hw[0])
-        (qg, ql), (kg, kl), (vg, vl) = self._split(q), self._split(k), self._split(v)
-        parts = []
-        if self.lepe_global is not None:
-            parts.append(efficient_attention(qg, kg, vg) + from_map(self.lepe_global(to_map(vg, hw)), vg.shape[1]))
-        if self.lepe_local is not None:
-            parts.append(stripe_attention(ql, kl, vl, hw, r) + stripe_lepe(self.lepe_local, vl, hw, r))
-        return torch.cat(parts, dim=-1 if self.global_heads is None else 1)
+        if self._ran == "reference":
+            return reference_attend(spec, self.lepe_global, self.lepe_local, q, k, v, hw)
+        params = self.lepe_params()
+        if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, *params)):
+            buf = _FastElfatt.apply(self, spec, hw, q, k, v, *params)
+        else:
+            buf, self.fast_info = fast_forward(spec, self.lepe_weights(), q, k, v, hw, self.tuning)
+        return buf.permute(0, 2, 1, 3)  # (B, h, N, d) view of the (B, N, h, d) buffer
 
     def core_flops(self, batch, hw):
         n = hw[0] * hw[1]
-        r = resolve_block_rows(self.block_rows, hw[0])
-        L = r * hw[1]
+        L = resolve_block_rows(self.block_rows, hw[0]) * hw[1]
         if self.global_heads is None:
             dg, dl, g, hl = self.global_channels, self.head_dim - self.global_channels, 1, 1
         else:

@@ -1,21 +1,21 @@
-"""Exact softmax attention over all N tokens: materialised, and torch SDPA.
+"""Exact softmax attention over all N tokens, with torch alone: materialised,
+torch SDPA (each backend) and FlexAttention.
 
-FLOPs (both): QK^T and AV, 2 * 2*N*N*d per head -> 4*B*h*N^2*d (+ LePE).
+FLOPs (all): QK^T and AV, 2 * 2*N*N*d per head -> 4*B*h*N^2*d (+ LePE). The
+fused kernels do the same arithmetic without materialising the N x N scores;
+the counts are analytic (a profiler cannot see inside them).
 """
 from __future__ import annotations
 
 import math
 
 import torch
-import torch.nn.functional as F
 
-from .base import Attention, Unsupported
+from .base import Attention, check_impl
+from .functional import (
+    FLEX_COMPILE_S, SDPA_IMPLS, compiled_cpu_flex_problem, exact_core_flops, flex_attend, flex_uses_compile, sdpa,
+)
 from .registry import register_attention
-
-
-def exact_core_flops(batch: int, heads: int, head_dim: int, hw: tuple[int, int]) -> int:
-    n = hw[0] * hw[1]
-    return 4 * batch * heads * n * n * head_dim
 
 
 @register_attention(
@@ -44,48 +44,15 @@ class VanillaAttention(Attention):
         return 2 * batch * self.num_heads * n * n  # scores and their softmax
 
 
-SDPA_BACKENDS = ("auto", "flash", "efficient", "cudnn", "math")
-
-
-def _sdpa_backend_enum(name: str):
-    from torch.nn.attention import SDPBackend
-
-    return {
-        "flash": SDPBackend.FLASH_ATTENTION,
-        "efficient": SDPBackend.EFFICIENT_ATTENTION,
-        "cudnn": SDPBackend.CUDNN_ATTENTION,
-        "math": SDPBackend.MATH,
-    }[name]
-
-
-def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str = "auto") -> torch.Tensor:
-    """F.scaled_dot_product_attention pinned to ``backend``; a backend that
-    cannot run the case raises ``Unsupported`` with torch's reason."""
-    if backend == "auto":
-        return F.scaled_dot_product_attention(q, k, v)
-    from torch.nn.attention import sdpa_kernel
-
-    try:
-        with sdpa_kernel(_sdpa_backend_enum(backend)):
-            return F.scaled_dot_product_attention(q, k, v)
-    except RuntimeError as e:
-        if "No available kernel" in str(e) or "not supported" in str(e).lower():
-            first = str(e).strip().splitlines()[0]
-            raise Unsupported(
-                f"SDPA backend {backend!r} cannot run {q.dtype} head_dim={q.shape[-1]} on {q.device.type}: {first}"
-            ) from None
-        raise
-
-
 @register_attention(
     "sdpa",
     family="exact",
     complexity="O(N^2 d), O(N) memory (fused)",
-    needs="torch; flash/cudnn/efficient backends need CUDA",
+    needs="torch; impl=flash/cudnn/efficient need CUDA (flash: flash_cpu on CPU)",
     source="torch.nn.functional.scaled_dot_product_attention",
 )
 class SdpaAttention(Attention):
-    """torch's fused SDPA. ``backend``: auto, flash, efficient, cudnn or math.
+    """torch's fused SDPA. ``impl``: auto (torch picks), flash, efficient, cudnn or math.
 
     The kernel that actually ran is recorded by the harness (it watches the
     aten op that SDPA dispatches to), so ``auto`` is never a guess.
@@ -93,22 +60,74 @@ class SdpaAttention(Attention):
 
     exact = True
 
-    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, lepe: bool = False, backend: str = "auto"):
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, lepe: bool = False, impl: str = "auto"):
         super().__init__(dim, num_heads, qkv_bias, lepe)
-        if backend not in SDPA_BACKENDS:
-            raise ValueError(f"unknown SDPA backend {backend!r}; valid backends: {', '.join(SDPA_BACKENDS)}")
-        self.backend = backend
+        self.impl = check_impl("SDPA", impl, SDPA_IMPLS)
 
     def core(self, q, k, v, hw):
-        return sdpa(q, k, v, self.backend)
+        return sdpa(q, k, v, self.impl)
 
     def unsupported_reasons(self, *, device, dtype, hw, batch):
         reasons = []
-        if device.type != "cuda" and self.backend in ("efficient", "cudnn"):
-            reasons.append(f"SDPA backend {self.backend!r} needs CUDA (device is {device.type})")
-        if device.type == "cuda" and self.backend in ("flash", "cudnn") and dtype not in (torch.float16, torch.bfloat16):
-            reasons.append(f"SDPA backend {self.backend!r} on CUDA runs float16/bfloat16 only, not {dtype}")
+        if device.type != "cuda" and self.impl in ("efficient", "cudnn"):
+            reasons.append(f"SDPA backend {self.impl!r} needs CUDA (device is {device.type})")
+        if device.type == "cuda" and self.impl in ("flash", "cudnn") and dtype not in (torch.float16, torch.bfloat16):
+            reasons.append(f"SDPA backend {self.impl!r} on CUDA runs float16/bfloat16 only, not {dtype}")
         return reasons
+
+    def core_flops(self, batch, hw):
+        return exact_core_flops(batch, self.num_heads, self.head_dim, hw)
+
+
+FLEX_IMPLS = ("auto", "compiled", "eager")
+
+
+@register_attention(
+    "flex",
+    family="exact",
+    complexity="O(N^2 d), O(N) memory when compiled",
+    needs="torch >= 2.5; compiled on CUDA (head_dim >= 16); CPU forward only",
+    source="torch.nn.attention.flex_attention (Dong et al. 2024, FlexAttention)",
+)
+class FlexAttention(Attention):
+    """FlexAttention with no mask and no score_mod. ``impl``: ``auto``
+    (compiled on CUDA, eager elsewhere), ``compiled`` or ``eager``. The
+    compiled function is built lazily on the first call and shared.
+    FLOPs 4*B*h*N^2*d (+ LePE)."""
+
+    exact = True
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, lepe: bool = False, impl: str = "auto"):
+        super().__init__(dim, num_heads, qkv_bias, lepe)
+        self.impl = check_impl("flex", impl, FLEX_IMPLS)
+        self._ran = ""
+
+    def _compiled(self) -> bool | None:
+        return None if self.impl == "auto" else self.impl == "compiled"
+
+    def unsupported_reasons(self, *, device, dtype, hw, batch):
+        # A CPU backward is refused by flex_attend itself, with torch's reason.
+        reasons = []
+        compiled = flex_uses_compile(device, self._compiled())
+        if compiled and device.type == "cuda" and self.head_dim < 16:
+            reasons.append(f"compiled FlexAttention on CUDA needs head_dim >= 16 (tl.dot), not {self.head_dim}")
+        if compiled and device.type == "cpu" and dtype not in (torch.float32, torch.float16, torch.bfloat16):
+            reasons.append(f"compiled FlexAttention on CPU runs float32/float16/bfloat16, not {dtype}")
+        problem = compiled_cpu_flex_problem(device, compiled, hw[0] * hw[1])
+        return reasons + ([problem] if problem else [])
+
+    def core(self, q, k, v, hw):
+        compiled = self._compiled()
+        out = flex_attend(q, k, v, compiled=compiled)
+        if flex_uses_compile(q.device, compiled):
+            took = FLEX_COMPILE_S.get(q.device.type)
+            self._ran = "torch.compile(flex_attention)" + (f"; first compiled call in this process took {took:.1f} s" if took else "")
+        else:
+            self._ran = "eager flex_attention (unfused: materialises the N x N scores)"
+        return out
+
+    def run_info(self):
+        return {"kernel": self._ran} if self._ran else {}
 
     def core_flops(self, batch, hw):
         return exact_core_flops(batch, self.num_heads, self.head_dim, hw)

@@ -24,55 +24,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .base import Attention, lepe_conv
-from .elfatt import divisors
-from .exact_ext import flex_attend
+from .base import Attention, check_impl
+from .functional import (
+    compiled_cpu_flex_problem, divisors, flex_attend, lepe_conv, window_partition, windowed_attention, windowed_lepe,
+)
 from .registry import register_attention
-
-
-# -- pure helpers (timm style: functions beside the modules) -----------------
-def window_partition(x: torch.Tensor, wh: int, ww: int) -> torch.Tensor:
-    """(B, H, W, C) -> (B, nW, wh*ww, C); windows in raster order, tokens raster inside."""
-    B, H, W, C = x.shape
-    x = x.view(B, H // wh, wh, W // ww, ww, C).permute(0, 1, 3, 2, 4, 5)
-    return x.reshape(B, (H // wh) * (W // ww), wh * ww, C)
-
-
-def window_reverse(windows: torch.Tensor, wh: int, ww: int, H: int, W: int) -> torch.Tensor:
-    """(B, nW, wh*ww, C) -> (B, H, W, C); inverse of ``window_partition``."""
-    B, C = windows.shape[0], windows.shape[-1]
-    x = windows.view(B, H // wh, W // ww, wh, ww, C).permute(0, 1, 3, 2, 4, 5)
-    return x.reshape(B, H, W, C)
-
-
-def windowed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, hw: tuple[int, int], wh: int, ww: int,
-                       mask: torch.Tensor | None = None) -> torch.Tensor:
-    """SDPA inside wh x ww windows; (B, h, N, d) with N = H*W, wh | H, ww | W -> same.
-
-    Windows sit on SDPA's "heads" axis, (B*h, nW, L, d), so a per-window mask
-    (nW, L, L) broadcasts without a copy.
-    """
-    B, h, N, d = q.shape
-    H, W = hw
-
-    def part(t):
-        return window_partition(t.reshape(B * h, H, W, d), wh, ww)
-
-    out = F.scaled_dot_product_attention(part(q), part(k), part(v), attn_mask=mask)
-    return window_reverse(out, wh, ww, H, W).reshape(B, h, N, d)
-
-
-def windowed_lepe(conv: torch.nn.Conv2d, v: torch.Tensor, hw: tuple[int, int], wh: int, ww: int) -> torch.Tensor:
-    """CSWin's get_lepe: the depthwise conv runs on each window separately (zero
-    padding at window edges). v (B, h, N, d), channel = head*d + j -> same shape."""
-    B, h, N, d = v.shape
-    H, W = hw
-    m = v.permute(0, 2, 1, 3).reshape(B, H, W, h * d)
-    w = window_partition(m, wh, ww)  # (B, nW, L, C)
-    nW = w.shape[1]
-    w = conv(w.transpose(2, 3).reshape(B * nW, h * d, wh, ww))  # (B*nW, C, wh, ww)
-    w = w.reshape(B, nW, h * d, wh * ww).transpose(2, 3)  # (B, nW, L, C)
-    return window_reverse(w, wh, ww, H, W).reshape(B, N, h, d).permute(0, 2, 1, 3)
 
 
 # -- swin ----------------------------------------------------------------------
@@ -258,6 +214,8 @@ class CSWinAttention(Attention):
 
 # -- neighborhood --------------------------------------------------------------
 NEIGHBORHOOD_IMPLS = ("auto", "flex", "mask")
+
+
 def neighborhood_mask_mod(hw: tuple[int, int], kernel: int):
     """FlexAttention mask_mod: key inside the query's k x k window, clamped into the grid (NATTEN)."""
     H, W = hw
@@ -302,10 +260,8 @@ class NeighborhoodAttention(Attention):
         super().__init__(dim, num_heads, qkv_bias, lepe=False)
         if not isinstance(kernel, int) or kernel < 1 or kernel % 2 == 0:
             raise ValueError(f"kernel={kernel!r} must be odd; valid kernels: odd integers >= 1 (1, 3, 5, 7, ...)")
-        if impl not in NEIGHBORHOOD_IMPLS:
-            raise ValueError(f"unknown neighborhood impl {impl!r}; valid impls: {', '.join(NEIGHBORHOOD_IMPLS)}")
         self.kernel = kernel
-        self.impl = impl
+        self.impl = check_impl("neighborhood", impl, NEIGHBORHOOD_IMPLS)
         self._ran = ""
         self._masks: dict[tuple, object] = {}
 
@@ -317,9 +273,12 @@ class NeighborhoodAttention(Attention):
             )
 
     def unsupported_reasons(self, *, device, dtype, hw, batch):
-        if self._resolve(device) == "flex" and device.type not in ("cuda", "cpu"):
+        if self._resolve(device) != "flex":
+            return []
+        if device.type not in ("cuda", "cpu"):
             return [f"neighborhood impl 'flex' runs on CUDA or CPU only (device is {device.type})"]
-        return []
+        problem = compiled_cpu_flex_problem(device, dtype != torch.float64, hw[0] * hw[1])
+        return [problem] if problem else []
 
     def _resolve(self, device: torch.device) -> str:
         if self.impl == "auto":
@@ -350,7 +309,7 @@ class NeighborhoodAttention(Attention):
         # inductor's CPU flex kernel has no float64: that case runs eager flex.
         compiled = not (q.device.type == "cpu" and q.dtype == torch.float64)
         self._ran = "flex: " + ("torch.compile(flex_attention)" if compiled else "eager flex_attention")
-        # The one shared compiled flex (exact_ext); it refuses a CPU backward with torch's reason.
+        # The one shared compiled flex (functional); it refuses a CPU backward with torch's reason.
         return flex_attend(q, k, v, block_mask=block_mask, compiled=compiled)
 
     def run_info(self):

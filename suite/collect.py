@@ -7,11 +7,10 @@ Each argument is a sweep/run directory (every ``records.parquet`` below it)
 or a table file (``records.parquet``/``results.parquet``/``.csv``). One row
 per measured case; the columns are the Record columns plus derived ones:
 
-- ``variant``: the attention and its non-default options, e.g. ``sdpa[backend=flash]``.
 - ``speedup_vs_vanilla`` / ``speedup_vs_flash``: baseline p50 latency / this
   row's p50, against the same case (device, device_name, dtype, workload,
   resolution, batch, patch, dim, heads [, model]) run with the baseline
-  variant (``baseline_vanilla`` / ``baseline_flash`` name it). Rows from
+  preset (``baseline_vanilla`` / ``baseline_flash`` name it). Rows from
   other machines never pair up: device_name is part of the match.
 - ``peak_tflops``, ``peak_gbps``, ``arith_intensity``, ``frac_of_peak``,
   ``frac_of_roofline``: where the GPU's datasheet peak is known (PEAKS).
@@ -24,23 +23,21 @@ device_name, hostname and the version columns.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import re
 from pathlib import Path
 
 import pandas as pd
 
-from .records import record_fields
-from .sweep import OPTIONAL_KEY, case_key, read_job_records
+from .records import OPTIONAL_KEY, case_key, read_job_records, record_fields
 
-DERIVED = ("variant", "speedup_vs_vanilla", "speedup_vs_flash", "baseline_vanilla", "baseline_flash",
+DERIVED = ("speedup_vs_vanilla", "speedup_vs_flash", "baseline_vanilla", "baseline_flash",
            "peak_tflops", "peak_gbps", "arith_intensity", "roofline_tflops", "frac_of_peak", "frac_of_roofline",
            "job_dir")
-# The first variant of each list that the table holds is the baseline.
+# The first preset of each list that the table holds is the baseline.
 BASELINES = {
-    "vanilla": ["vanilla[lepe=true]", "vanilla"],  # the paper's VaniATT is vanilla + LePE
-    "flash": ["sdpa[backend=flash]", "flash_attn"],  # FlashAttention-2 (torch's flash backend is FA2)
+    "vanilla": ["vanilla_lepe", "vanilla"],  # the paper's VaniATT / GLOBAL is vanilla + LePE
+    "flash": ["sdpa_flash", "flash_attn"],  # FlashAttention-2 (torch's flash backend is FA2)
 }
 MATCH = ("device", "device_name", "dtype", "workload", "resolution", "batch_size", "patch_size", "dim", "heads")
 
@@ -73,21 +70,6 @@ def device_peak(device_name: str, dtype: str) -> tuple[float, float]:
         if re.search(pattern, str(device_name)):
             return tflops.get(compute, math.nan), float(gbps)
     return math.nan, math.nan
-
-
-def variant_label(name: str, options: dict) -> str:
-    """``sdpa[backend=flash]``: the name plus options that differ from the registered defaults."""
-    try:
-        from attentions import attention_options
-
-        defaults = attention_options(name)
-    except Exception:  # noqa: BLE001 - an attention this checkout does not have: show every option
-        defaults = {}
-    diff = {k: v for k, v in sorted(options.items()) if k not in defaults or defaults[k] != v}
-    if not diff:
-        return str(name)
-    text = ",".join(f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in diff.items())
-    return f"{name}[{text}]"
 
 
 # -- loading ------------------------------------------------------------------
@@ -127,10 +109,10 @@ def load(paths: list[str | Path]) -> pd.DataFrame:
 
 # -- derived columns ---------------------------------------------------------
 def add_variant(df: pd.DataFrame) -> pd.DataFrame:
-    labels = {}
-    for name, opts in set(zip(df["attention"], df["attention_options"].fillna("{}"))):
-        labels[(name, opts)] = variant_label(name, json.loads(opts or "{}"))
-    df["variant"] = [labels[(n, o)] for n, o in zip(df["attention"], df["attention_options"].fillna("{}"))]
+    """Every row labelled: a table without labels (written by hand) falls back to the attention name."""
+    if "variant" not in df:
+        df["variant"] = df["attention"]
+    df["variant"] = df["variant"].where(df["variant"].fillna("") != "", df["attention"])
     return df
 
 
@@ -228,7 +210,7 @@ def _parse_baselines(items: list[str]) -> dict[str, list[str]]:
     for item in items:
         short, sep, variant = item.partition("=")
         if not sep or not re.fullmatch(r"\w+", short):
-            raise SystemExit(f"--baseline {item!r}: expected NAME=VARIANT, e.g. vanilla=vanilla[lepe=true]")
+            raise SystemExit(f"--baseline {item!r}: expected NAME=PRESET, e.g. vanilla=vanilla_lepe")
         out[short] = [variant]
     return out
 
@@ -237,9 +219,8 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m suite.collect", description=__doc__.split("\n\n")[0])
     ap.add_argument("paths", nargs="+", help="sweep/run directories or results/records tables")
     ap.add_argument("--out", help="where results.parquet/.csv go (default: the one directory given)")
-    ap.add_argument("--baseline", action="append", default=[], metavar="NAME=VARIANT",
-                    help="speedup_vs_NAME against VARIANT (default: vanilla=vanilla[lepe=true], "
-                         "flash=sdpa[backend=flash])")
+    ap.add_argument("--baseline", action="append", default=[], metavar="NAME=PRESET",
+                    help="speedup_vs_NAME against PRESET (default: vanilla=vanilla_lepe, flash=sdpa_flash)")
     args = ap.parse_args(argv)
     try:
         path = collect(args.paths, args.out, _parse_baselines(args.baseline))

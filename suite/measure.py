@@ -19,6 +19,9 @@ import torch
 Fn = Callable[[], object]
 
 
+TIMINGS = ("eager", "cuda_graph", "kernels")
+
+
 @dataclass(frozen=True)
 class Timing:
     p10_ms: float
@@ -26,6 +29,8 @@ class Timing:
     p90_ms: float
     repeats: int
     total_s: float  # wall time of the timed loop (for energy / power)
+    cpu_s: float  # CPU time this process spent in the timed loop, all threads
+    mode: str = "eager"
 
 
 def _sync(device: torch.device) -> None:
@@ -43,15 +48,67 @@ def _quantile(sorted_ms: list[float], q: float) -> float:
 L2_SCRUB_BYTES = 256 * 2**20  # larger than any current GPU's L2 (H100: 50 MB)
 
 
+def timing_unsupported(mode: str, device: torch.device) -> str:
+    """Why timing ``mode`` cannot run on ``device`` ("" when it can)."""
+    if mode not in TIMINGS:
+        return f"timing={mode!r} is not a timing mode; valid: {', '.join(TIMINGS)}"
+    if mode != "eager" and device.type != "cuda":
+        return f"timing={mode} needs a CUDA device (CUDA graphs / GPU kernel times); the device is {device.type}"
+    return ""
+
+
+def capture_graph(fn: Fn, device: torch.device) -> Fn:
+    """``fn`` captured as a CUDA graph (after two calls on a side stream, as
+    torch recommends); returns the replay. Unsupported when capture fails."""
+    from attentions import Unsupported
+
+    stream = torch.cuda.Stream(device)
+    stream.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(stream):
+        fn()
+        fn()
+    torch.cuda.current_stream(device).wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    try:
+        with torch.cuda.graph(graph):
+            fn()
+    except Exception as e:  # noqa: BLE001 - a host sync, a CPU tensor or a dynamic shape inside the call
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise Unsupported(f"timing=cuda_graph: this call cannot be captured as a CUDA graph ({first})") from None
+    return graph.replay
+
+
+def kernel_ms(fn: Fn, device: torch.device) -> float:
+    """The sum of the GPU activity times (kernels, copies, fills) of one call of
+    ``fn``, from the profiler's device events (ms)."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    with _quiet_fd2(), profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        _sync(device)
+    events = prof.profiler.kineto_results.events()
+    return sum(e.duration_ns() for e in events if e.device_type() == DeviceType.CUDA) / 1e6
+
+
 def time_fn(fn: Fn, device: torch.device, *, warmup: int = 3, repeats: int = 0, min_time_s: float = 1.0,
-            max_repeats: int = 1000, flush_l2: bool = True) -> Timing:
+            max_repeats: int = 1000, flush_l2: bool = True, mode: str = "eager") -> Timing:
     """Median and spread of ``fn``'s latency.
 
-    CUDA: one pair of events around each call, so each sample is device time
-    of that call. CPU: perf_counter around each call. ``repeats=0`` picks the
-    count from the warmup: enough calls to fill ``min_time_s``, at least 5.
-    ``flush_l2`` (CUDA only) clears the L2 cache before every timed call.
+    ``eager``: CUDA events around each call (device time of that call) on a
+    GPU, perf_counter on the CPU. ``cuda_graph``: the call captured after
+    warmup and replayed, so launch overhead is gone; the L2 scrub stays
+    outside the graph. ``kernels``: the sum of one call's GPU kernel times
+    from the profiler, per repeat (gaps between kernels not counted).
+    ``repeats=0`` picks the count from the warmup: enough calls to fill
+    ``min_time_s``, at least 5. ``flush_l2`` (CUDA only) clears the L2 cache
+    before every timed call.
     """
+    problem = timing_unsupported(mode, device)
+    if problem:
+        from attentions import Unsupported
+
+        raise Unsupported(problem)
     t0 = time.perf_counter()
     for _ in range(max(1, warmup)):
         fn()
@@ -59,32 +116,37 @@ def time_fn(fn: Fn, device: torch.device, *, warmup: int = 3, repeats: int = 0, 
     per_call = (time.perf_counter() - t0) / max(1, warmup)
     if repeats <= 0:
         repeats = int(min(max_repeats, max(5, min_time_s / max(per_call, 1e-6))))
-
-    samples: list[float] = []
-    start = time.perf_counter()
-    if device.type == "cuda":
-        # Writing a buffer larger than L2 between calls evicts the inputs, so
-        # each call starts from HBM as in a real network (do_bench does the
-        # same); the write happens outside the events.
-        scrub = torch.empty(L2_SCRUB_BYTES, dtype=torch.int8, device=device) if flush_l2 else None
-        events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(repeats)]
-        for a, b in events:
-            if scrub is not None:
-                scrub.zero_()
-            a.record()
-            fn()
-            b.record()
-        torch.cuda.synchronize(device)
-        samples = [a.elapsed_time(b) for a, b in events]
-        del scrub
+    call = capture_graph(fn, device) if mode == "cuda_graph" else fn
+    start, cpu0 = time.perf_counter(), time.process_time()
+    if mode == "kernels":
+        samples = [kernel_ms(fn, device) for _ in range(repeats)]
+    elif device.type == "cuda":
+        samples = _cuda_event_samples(call, device, repeats, flush_l2)
     else:
+        samples = []
         for _ in range(repeats):
             t = time.perf_counter()
-            fn()
+            call()
             samples.append((time.perf_counter() - t) * 1e3)
-    total = time.perf_counter() - start
+    total, cpu = time.perf_counter() - start, time.process_time() - cpu0
     s = sorted(samples)
-    return Timing(_quantile(s, 0.1), statistics.median(s), _quantile(s, 0.9), repeats, total)
+    return Timing(_quantile(s, 0.1), statistics.median(s), _quantile(s, 0.9), repeats, total, cpu, mode)
+
+
+def _cuda_event_samples(call: Fn, device: torch.device, repeats: int, flush_l2: bool) -> list[float]:
+    # Writing a buffer larger than L2 between calls evicts the inputs, so
+    # each call starts from HBM as in a real network (do_bench does the
+    # same); the write happens outside the events.
+    scrub = torch.empty(L2_SCRUB_BYTES, dtype=torch.int8, device=device) if flush_l2 else None
+    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(repeats)]
+    for a, b in events:
+        if scrub is not None:
+            scrub.zero_()
+        a.record()
+        call()
+        b.record()
+    torch.cuda.synchronize(device)
+    return [a.elapsed_time(b) for a, b in events]
 
 
 @contextlib.contextmanager

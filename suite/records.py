@@ -1,4 +1,6 @@
-"""One flat record per measured case; units in the field names.
+"""Rows: the one flat record per case (units in the field names), and every
+rule about rows: their identifying columns, invalid and failed rows, the
+case key, reading and writing.
 
 Every job writes its rows as ``records.parquet`` and ``records.csv`` in its run
 directory as soon as they exist, so a crash later never loses them.
@@ -6,11 +8,17 @@ directory as soon as they exist, so a crash later never loses them.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
+import json
 import math
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+import torch
+
+from .config import Job, attention_options
 
 STATUSES = ("ok", "oom", "unsupported", "unavailable", "invalid", "skipped", "error")
 
@@ -20,7 +28,8 @@ NAN = math.nan
 @dataclass(frozen=True)
 class Record:
     # what was measured
-    attention: str
+    attention: str  # registered name
+    variant: str  # the attention as tables label it: preset name [+ options set on the command line]
     workload: str
     resolution: int
     patch_size: int
@@ -76,7 +85,7 @@ class Record:
     timestamp: str = ""
     seed: int = 0
     config: str = ""  # the full resolved config, as YAML
-    # workload=model / task=train_proxy (suite/model_workload.py, suite/train_proxy.py); empty otherwise.
+    # workload=model / workload=train_proxy (suite/workloads/); empty otherwise.
     # There dim/heads/patch_size/grid/tokens are the model's stage-1 values.
     model: str = ""
     params: int = 0
@@ -116,6 +125,112 @@ def record_fields() -> list[str]:
     return [f.name for f in dataclasses.fields(Record)]
 
 
+# -- making rows ---------------------------------------------------------------
+def base_fields(job: Job, identity: dict, device: torch.device, dtype_name: str, env: dict) -> dict:
+    """The identifying columns of a row. ``identity`` holds the workload's own
+    grid, width and model facts over the top-level settings."""
+    cfg = job.cfg
+    hw = identity.pop("grid", (0, 0))
+    fields = dict(
+        attention=str(cfg.attention.get("name")),
+        variant=job.label,
+        workload=cfg.workload.name,
+        resolution=cfg.resolution,
+        patch_size=cfg.patch_size,
+        grid_h=hw[0],
+        grid_w=hw[1],
+        tokens=hw[0] * hw[1],
+        batch_size=cfg.batch_size,
+        dim=cfg.dim,
+        heads=cfg.heads,
+        dtype=dtype_name,
+        device=device.type,
+        device_name=str(env.get("device_name", "")),
+        attention_options=json.dumps(attention_options(cfg), sort_keys=True),
+        seed=cfg.seed,
+        timestamp=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        config=job.config_yaml,
+    )
+    fields.update({k: v for k, v in env.items() if k in Record.__dataclass_fields__ and k != "device_name"})
+    return fields | identity
+
+
+def first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''}"[:500]
+
+
+def is_oom(e: BaseException) -> bool:
+    text = str(e).lower()
+    return isinstance(e, (torch.OutOfMemoryError, MemoryError)) or (
+        isinstance(e, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
+    )
+
+
+def failure(e: BaseException, run_dir: Path) -> tuple[str, str]:
+    """(status, reason) of an exception raised while running a case. An
+    unexpected error keeps its traceback in ``run_dir/error.log``."""
+    from attentions import Unavailable, Unsupported
+
+    if isinstance(e, Unavailable):
+        return "unavailable", str(e)
+    if isinstance(e, Unsupported):
+        return "unsupported", str(e)
+    if is_oom(e):
+        return "oom", first_line(e)
+    log = Path(run_dir) / "error.log"
+    try:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text("".join(traceback.format_exception(e)))
+        where = f" (traceback in {log})"
+    except OSError:
+        where = " (traceback not saved: the run folder is not writable)"
+    return "error", first_line(e) + where
+
+
+def unmeasured_row(job: Job, status: str, reason: str) -> Record:
+    """A row for a job that never reached measuring (bad settings, or a failure
+    before the workload could describe its case): the settings as given."""
+    from .device import environment, resolve_device, resolve_precision
+
+    cfg = job.cfg
+    g = cfg.resolution // cfg.patch_size if cfg.patch_size > 0 else 0
+    device, dtype, env = torch.device("cpu"), str(cfg.precision.name), {}
+    try:  # say where the case would have run, so the row groups with its sweep's device
+        device = resolve_device(cfg.device.name)
+        dtype = resolve_precision(cfg.precision.name, device).name
+        env = environment(device)
+    except Exception:  # noqa: BLE001 - e.g. device=cuda without a GPU: keep the settings as given
+        pass
+    base = base_fields(job, {"grid": (g, g)}, device, dtype, env)
+    if not env:
+        base["device"] = str(cfg.device.name)
+    return Record(**base, status=status, reason=reason)
+
+
+# -- the case key ------------------------------------------------------------------
+CASE_KEY = ("attention", "attention_options", "workload", "resolution", "patch_size", "batch_size",
+            "dim", "heads", "dtype", "device", "device_name")
+OPTIONAL_KEY = ("model", "proxy_task", "proxy_steps")
+
+
+def case_key(row: dict | pd.Series, columns) -> tuple:
+    """The row's case as a tuple of strings (a missing column reads as Record's default)."""
+    defaults = {f.name: f.default for f in dataclasses.fields(Record)}
+    cols = list(CASE_KEY) + [c for c in OPTIONAL_KEY if c in columns]
+    return tuple(_norm(row.get(c, defaults.get(c, ""))) for c in cols)
+
+
+def _norm(value) -> str:
+    """One spelling per value: 224, 224.0 and np.int64(224) all read "224"; NaN reads ""."""
+    if isinstance(value, float) and value != value:
+        return ""
+    if isinstance(value, (int, float)) and float(value).is_integer():
+        return str(int(value))
+    return str(value)
+
+
+# -- reading and writing ---------------------------------------------------------
 def write_records(records: list[Record], directory: str | Path) -> tuple[Path, Path]:
     """Write (overwrite) records.parquet and records.csv in ``directory``."""
     directory = Path(directory)
@@ -130,3 +245,16 @@ def write_records(records: list[Record], directory: str | Path) -> tuple[Path, P
 def read_records(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     return pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+
+
+def read_job_records(root: Path) -> pd.DataFrame:
+    """Every job's records.parquet under ``root`` (unreadable files are skipped, not fatal)."""
+    frames = []
+    for f in sorted(Path(root).rglob("records.parquet")):
+        try:  # a half-written file from a killed job
+            df = pd.read_parquet(f)
+        except Exception:  # noqa: BLE001
+            continue
+        df["job_dir"] = str(f.parent)
+        frames.append(df)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

@@ -1,10 +1,12 @@
 """Fast paths (Triton kernels), each computing exactly an attention's
-reference function and checked against it (tests/test_elfatt_fast.py).
+reference function and checked against it in the tests.
 
 Importing this package imports torch only; triton is imported when a fast
 path first runs (``elfatt_fast.load_kernels``), so a machine without triton
 still imports ``attentions`` and gets ``Unavailable`` with the reason.
 """
-from .elfatt_fast import elfatt_attend, fast_reasons, interpreting, triton_missing
+from .elfatt_fast import fast_forward, fast_reasons, interpreting, taps_first, triton_missing
+from .spec import ElfattSpec, LepeWeights, Tuning
 
-__all__ = ["elfatt_attend", "fast_reasons", "interpreting", "triton_missing"]
+__all__ = ["ElfattSpec", "LepeWeights", "Tuning", "fast_forward", "fast_reasons", "interpreting", "taps_first",
+           "triton_missing"]

@@ -1,5 +1,9 @@
-"""ELFATT's fast path: the reference function (attentions/elfatt.py) as a few
-fused Triton launches writing one output buffer.
+"""ELFATT's fast path: the reference function (``attentions/elfatt.py``) as a
+few fused Triton launches writing one output buffer.
+
+It knows nothing of the module: the caller describes the layer with an
+``ElfattSpec`` (how heads split into branches, widths, block rows), hands the
+LePE weights as tensors (``LepeWeights``) and the declared ``Tuning``.
 
 Global heads (3 launches, 2 when one split covers all tokens):
   1. ``global_context_kernel``: per (batch, head, token split) the column
@@ -11,18 +15,15 @@ Global heads (3 launches, 2 when one split covers all tokens):
      stored at the global heads' channels of the output.
 Local heads (1 launch): ``stripe_attn_kernel``, flash-style softmax attention
 inside each stripe + the stripe LePE, stored at the local heads' channels.
-Alternative local path (``fast_options["local"] = "sdpa"``): torch SDPA on an
+Alternative local path (``Tuning(local="sdpa")``): torch SDPA on an
 uncopied stripe-blocked view, then ``stripe_epilogue_kernel`` adds the LePE.
 
 The output is one (B, N, heads*d) buffer returned as the (B, h, N, d) view,
 so the layer's merge of heads before ``proj`` is free. Inputs are used
 through their strides (the layer passes permuted views of the qkv output).
 
-Backward: ``_FastElfatt`` recomputes the reference (autograd through
-``module._reference_attend``) on the saved inputs; exact, not fast.
-
-Tuning: an ElfattAttention instance may carry ``fast_options`` (dict) with
-keys in ``OPTION_KEYS``; the benchmark uses it to compare variants.
+Autograd lives with the module (``attentions/elfatt.py``); this module is
+forward only.
 """
 from __future__ import annotations
 
@@ -30,16 +31,16 @@ import functools
 import math
 import os
 import sys
+from dataclasses import dataclass
 
 import torch
 
-from ..base import Unavailable, Unsupported
+from ..errors import Unavailable, Unsupported
+from ..functional import sdpa
+from .spec import ElfattSpec, LepeWeights, Tuning
 
 FAST_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MAX_WIDTH = 128  # registers: a (BM, 128) fp32 accumulator is the most a program holds
-OPTION_KEYS = ("local", "sdpa_backend", "global_splits", "ctx_bn", "ctx_warps", "ctx_stages", "out_bm",
-               "out_warps", "stripe_bm", "stripe_bn", "stripe_warps", "stripe_stages", "lepe_unroll")
-LOCAL_MODES = ("triton", "sdpa")
 #: Tests set this to fill the output with NaN before the kernels run, so an
 #: element no kernel writes cannot pass by holding a stale right value.
 POISON = False
@@ -132,7 +133,7 @@ def _dot_prec(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"
 
 
-def _taps_first(conv: torch.nn.Conv2d) -> torch.Tensor:
+def taps_first(conv: torch.nn.Conv2d) -> torch.Tensor:
     """The LePE weights as (9, channels), contiguous, so a kernel loads each
     tap's weights as vectors. Cached on the conv, keyed by the weight's
     storage and version counter (an optimizer step bumps it)."""
@@ -145,34 +146,96 @@ def _taps_first(conv: torch.nn.Conv2d) -> torch.Tensor:
     return cached[1]
 
 
-def _global_branch(kt, q, k, v, w, bias, o, hw, opts, info):
-    """Global heads: q, k, v, o are (B, G, N, D) views; w (9, G*D), bias (G*D,)."""
-    B, G, N, D = q.shape
-    H, W = hw
+def _or(value, default):
+    return default if value is None else value
+
+
+@dataclass(frozen=True)
+class Launch:
+    """One kernel launch of a case: the kernel's name, its compile-time
+    constants, warps and pipeline stages (what one compiled binary is)."""
+
+    kernel: str
+    consts: dict
+    num_warps: int
+    num_stages: int
+
+
+def global_plan(B: int, G: int, N: int, D: int, dtype: torch.dtype, tuning: Tuning, sms: int) -> dict[str, Launch]:
+    """The global branch's launches (``ctx``, ``combine`` when split, ``out``) for G heads of width D."""
     BD = _pow2(D)
-    BN = opts.get("ctx_bn", min(64, _pow2(N)))
+    BN = _or(tuning.ctx_bn, min(64, _pow2(N)))
     # Splits: about one program per SM over all (batch, head) pairs (each
     # streams its chunk with several tiles in flight), never more than one
     # per BN tokens; each chunk is a multiple of BN.
-    target = opts.get("global_splits", max(1, math.ceil(_sm_count(q.device) / (B * G))))
+    target = _or(tuning.global_splits, max(1, math.ceil(sms / (B * G))))
     chunk = BN * math.ceil(math.ceil(N / max(1, target)) / BN)
     S = math.ceil(N / chunk)
+    prec = _dot_prec(dtype)
+    plan = {"ctx": Launch("global_context_kernel", dict(WIDTH=D, CHUNK=chunk, BN=BN, BD=BD, SINGLE=S == 1,
+                                                        DOT_PREC=prec), tuning.ctx_warps, tuning.ctx_stages)}
+    if S > 1:  # CR = 8 ctx rows per combine program: BD/8 programs per head share the merge
+        plan["combine"] = Launch("global_combine_kernel", dict(WIDTH=D, S=S, BD=BD, CR=8), 4, 3)
+    BM = _or(tuning.out_bm, min(64, _pow2(N)))
+    plan["out"] = Launch("global_out_kernel", dict(WIDTH=D, BM=BM, BD=BD, DOT_PREC=prec,
+                                                   LEPE_UNROLL=_or(tuning.lepe_unroll, True)), tuning.out_warps, 2)
+    return plan
+
+
+def local_plan(L: int, D: int, dtype: torch.dtype, tuning: Tuning) -> dict[str, Launch]:
+    """The local branch's launch for stripes of L tokens and width D: the fused
+    stripe kernel, or (``local=sdpa``) the LePE epilogue after SDPA."""
+    BD = _pow2(D)
+    if tuning.local == "triton":
+        BM = _or(tuning.stripe_bm, min(128 if BD <= 64 else 64, _pow2(L)))
+        BN = _or(tuning.stripe_bn, min(64, _pow2(L)))
+        consts = dict(WIDTH=D, L=L, BM=BM, BN=BN, BD=BD, DOT_PREC=_dot_prec(dtype),
+                      LEPE_UNROLL=_or(tuning.lepe_unroll, False))  # the loop keeps 125 registers at BM=128 (sm_90)
+        warps = _or(tuning.stripe_warps, 4 if BM <= 64 else 8)
+        return {"stripe": Launch("stripe_attn_kernel", consts, warps, tuning.stripe_stages)}
+    BM = _or(tuning.out_bm, min(64, _pow2(L)))
+    return {"epilogue": Launch("stripe_epilogue_kernel", dict(WIDTH=D, BM=BM, BD=BD,
+                                                              LEPE_UNROLL=_or(tuning.lepe_unroll, True)), 4, 2)}
+
+
+def case_plan(spec: ElfattSpec, batch: int, hw: tuple[int, int], dtype: torch.dtype, tuning: Tuning = Tuning(),
+              sms: int = 132) -> dict[str, Launch]:
+    """Every launch of one fast forward (for ahead-of-time compile checks)."""
+    N = hw[0] * hw[1]
+    plan = {}
+    if spec.has_global():
+        G = spec.global_heads if spec.global_heads is not None else 1
+        plan |= global_plan(batch, G, N, spec.widths[0], dtype, tuning, sms)
+    if spec.has_local():
+        plan |= local_plan(spec.block_rows * hw[1], spec.widths[-1], dtype, tuning)
+    return plan
+
+
+def _launch(kt, launch: Launch, grid, *args, info=None, name=""):
+    compiled = getattr(kt, launch.kernel)[grid](*args, **launch.consts, num_warps=launch.num_warps,
+                                                num_stages=launch.num_stages)
+    if info is not None:
+        _usage(info, name, compiled)
+
+
+def _global_branch(kt, q, k, v, w, bias, o, hw, tuning: Tuning, info):
+    """Global heads: q, k, v, o are (B, G, N, D) views; w (9, G*D), bias (G*D,)."""
+    B, G, N, D = q.shape
+    H, W = hw
+    plan = global_plan(B, G, N, D, q.dtype, tuning, _sm_count(q.device))
+    ctx_c, BD = plan["ctx"].consts, _pow2(D)
+    S = math.ceil(N / ctx_c["CHUNK"])
     ctx = torch.empty(B * G, BD, BD, device=q.device, dtype=q.dtype)
     ws = torch.empty(B * G * S * (BD * BD + 2 * BD), device=q.device, dtype=torch.float32) if S > 1 else ctx
-    prec = _dot_prec(q.dtype)
-    _usage(info, "ctx", kt.global_context_kernel[(S, B * G)](
-        k, v, ws, ctx, k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2),
-        N, G, S, WIDTH=D, CHUNK=chunk, BN=BN, BD=BD, SINGLE=S == 1, DOT_PREC=prec,
-        num_warps=opts.get("ctx_warps", 4), num_stages=opts.get("ctx_stages", 3)))
+    _launch(kt, plan["ctx"], (S, B * G), k, v, ws, ctx, k.stride(0), k.stride(1), k.stride(2), v.stride(0),
+            v.stride(1), v.stride(2), N, G, S, info=info, name="ctx")
     if S > 1:
-        CR = 8  # ctx rows per combine program: BD/8 programs per head share the merge
-        kt.global_combine_kernel[(B * G, BD // CR)](ws, ctx, WIDTH=D, S=S, BD=BD, CR=CR, num_warps=4, num_stages=3)
-    BM = opts.get("out_bm", min(64, _pow2(N)))
-    _usage(info, "out", kt.global_out_kernel[(math.ceil(N / BM), B * G)](
-        q, v, ctx, w, bias, o, q.stride(0), q.stride(1), q.stride(2), v.stride(0), v.stride(1), v.stride(2),
-        o.stride(0), o.stride(1), o.stride(2), w.stride(0), N, H, W, G, WIDTH=D, BM=BM, BD=BD, DOT_PREC=prec,
-        LEPE_UNROLL=opts.get("lepe_unroll", True), num_warps=opts.get("out_warps", 4), num_stages=2))
-    info["global"] = f"splits={S} chunk={chunk} BN={BN} BM={BM}"
+        _launch(kt, plan["combine"], (B * G, BD // plan["combine"].consts["CR"]), ws, ctx)
+    BM = plan["out"].consts["BM"]
+    _launch(kt, plan["out"], (math.ceil(N / BM), B * G), q, v, ctx, w, bias, o, q.stride(0), q.stride(1),
+            q.stride(2), v.stride(0), v.stride(1), v.stride(2), o.stride(0), o.stride(1), o.stride(2), w.stride(0),
+            N, H, W, G, info=info, name="out")
+    info["global"] = f"splits={S} chunk={ctx_c['CHUNK']} BN={ctx_c['BN']} BM={BM}"
 
 
 def _stripe_blocks(t: torch.Tensor, stripes: int):
@@ -191,119 +254,62 @@ def _stripe_blocks(t: torch.Tensor, stripes: int):
         return t.reshape(B, h * stripes, L, D), "A"  # a copy; no layout here needs it
 
 
-def _local_branch(kt, q, k, v, w, bias, o, hw, r, opts, info):
+def _local_branch(kt, q, k, v, w, bias, o, hw, r, tuning: Tuning, info):
     """Local heads: softmax attention inside stripes of r rows + stripe LePE."""
     B, HL, N, D = q.shape
     H, W = hw
     L, stripes = r * W, H // r
-    BD = _pow2(D)
-    mode = opts.get("local", "triton")
-    if mode not in LOCAL_MODES:
-        raise ValueError(f"fast_options local={mode!r}; valid: {', '.join(LOCAL_MODES)}")
-    if mode == "triton":
-        BM = opts.get("stripe_bm", min(128 if BD <= 64 else 64, _pow2(L)))
-        BN = opts.get("stripe_bn", min(64, _pow2(L)))
-        tiles = math.ceil(L / BM)
-        _usage(info, "stripe", kt.stripe_attn_kernel[(stripes * tiles, B * HL)](
-            q, k, v, w, bias, o, q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-            v.stride(0), v.stride(1), v.stride(2), o.stride(0), o.stride(1), o.stride(2), w.stride(0),
-            H, W, r, HL, tiles, 1.4426950408889634 / math.sqrt(D),
-            WIDTH=D, L=L, BM=BM, BN=BN, BD=BD, DOT_PREC=_dot_prec(q.dtype),
-            LEPE_UNROLL=opts.get("lepe_unroll", False),  # the loop keeps 125 registers at BM=128 (sm_90)
-            num_warps=opts.get("stripe_warps", 4 if BM <= 64 else 8), num_stages=opts.get("stripe_stages", 2)))
-        info["local"] = f"triton BM={BM} BN={BN}"
+    plan = local_plan(L, D, q.dtype, tuning)
+    if "stripe" in plan:
+        c = plan["stripe"].consts
+        tiles = math.ceil(L / c["BM"])
+        _launch(kt, plan["stripe"], (stripes * tiles, B * HL), q, k, v, w, bias, o, q.stride(0), q.stride(1),
+                q.stride(2), k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2),
+                o.stride(0), o.stride(1), o.stride(2), w.stride(0), H, W, r, HL, tiles,
+                1.4426950408889634 / math.sqrt(D), info=info, name="stripe")
+        info["local"] = f"triton BM={c['BM']} BN={c['BN']}"
         return
-    from ..exact import sdpa
-
     (qb, form), (kb, _), (vb, _) = (_stripe_blocks(t, stripes) for t in (q, k, v))
-    a = _unit_last(sdpa(qb, kb, vb, opts.get("sdpa_backend", "auto")))
+    a = _unit_last(sdpa(qb, kb, vb, tuning.sdpa_impl))
     if form == "A":  # row index head * stripes + stripe
         s_ab, s_as, s_ah = a.stride(0), a.stride(1), stripes * a.stride(1)
     else:  # row index batch * stripes + stripe
         s_ab, s_as, s_ah = stripes * a.stride(0), a.stride(0), a.stride(1)
-    BM = opts.get("out_bm", min(64, _pow2(L)))
-    tiles = math.ceil(L / BM)
-    kt.stripe_epilogue_kernel[(stripes * tiles, B * HL)](
-        a, v, w, bias, o, s_ab, s_as, s_ah, a.stride(2), v.stride(0), v.stride(1), v.stride(2),
-        o.stride(0), o.stride(1), o.stride(2), w.stride(0), H, W, r, HL, tiles, WIDTH=D, BM=BM, BD=BD,
-        LEPE_UNROLL=opts.get("lepe_unroll", True), num_warps=4)
+    tiles = math.ceil(L / plan["epilogue"].consts["BM"])
+    _launch(kt, plan["epilogue"], (stripes * tiles, B * HL), a, v, w, bias, o, s_ab, s_as, s_ah, a.stride(2),
+            v.stride(0), v.stride(1), v.stride(2), o.stride(0), o.stride(1), o.stride(2), w.stride(0),
+            H, W, r, HL, tiles)
     info["local"] = f"sdpa ({form} view) + triton LePE"
 
 
-def fast_forward(module, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
-    """The fast forward (no autograd). Returns the (B, N, h, d) output buffer."""
-    from ..elfatt import resolve_block_rows
-
+def check_launchable(spec: ElfattSpec, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+    """Unsupported when the kernels cannot take this case (device, dtype, sizes)."""
     B, h, N, d = q.shape
-    H, W = hw
-    # Branch widths: d for head groups; d//2 and d - d//2 when one head is split by channels.
-    widths = (d,) if module.global_heads is not None else (module.global_channels, d - module.global_channels)
-    reasons = fast_reasons(device=q.device, dtype=q.dtype, widths=widths)
+    reasons = fast_reasons(device=q.device, dtype=q.dtype, widths=spec.widths)
     if reasons:
         raise Unsupported("; ".join(reasons))
     if B * h > 65535:
         raise Unsupported(f"impl=fast launches batch*heads={B * h} programs on one grid axis (limit 65535)")
     if N * max(t.stride(2) for t in (q, k, v)) >= 2**31 or N * h * d >= 2**31:
         raise Unsupported(f"impl=fast indexes tokens in int32; N={N} tokens with these strides overflow it")
+
+
+def fast_forward(spec: ElfattSpec, lepe: LepeWeights, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                 hw: tuple[int, int], tuning: Tuning = Tuning()) -> tuple[torch.Tensor, dict[str, str]]:
+    """The fast forward (no autograd): the (B, N, h, d) output buffer and what ran (tiles, registers)."""
+    check_launchable(spec, q, k, v)
     kt = load_kernels()
-    r = resolve_block_rows(module.block_rows, H)
-    opts = dict(getattr(module, "fast_options", None) or {})
-    unknown = sorted(set(opts) - set(OPTION_KEYS))
-    if unknown:
-        raise ValueError(f"unknown fast_options {unknown}; valid keys: {', '.join(OPTION_KEYS)}")
+    B, h, N, d = q.shape
     if POISON:
         buf = torch.full((B, N, h, d), float("nan"), device=q.device, dtype=q.dtype)
     else:
         buf = torch.empty((B, N, h, d), device=q.device, dtype=q.dtype)
     out = buf.permute(0, 2, 1, 3)  # (B, h, N, d) view of the (B, N, C) buffer
     q, k, v = _unit_last(q), _unit_last(k), _unit_last(v)
-    (qg, ql), (kg, kl), (vg, vl), (og, ol) = (module._split(t) for t in (q, k, v, out))
-    info = {}
-    if module.lepe_global is not None:
-        conv = module.lepe_global
-        _global_branch(kt, qg, kg, vg, _taps_first(conv), conv.bias, og, hw, opts, info)
-    if module.lepe_local is not None:
-        conv = module.lepe_local
-        _local_branch(kt, ql, kl, vl, _taps_first(conv), conv.bias, ol, hw, r, opts, info)
-    module._fast_info = info
-    return buf
-
-
-class _FastElfatt(torch.autograd.Function):
-    """Forward: the Triton path. Backward: autograd of the reference on the
-    saved inputs (the same function, so the gradients are the reference's)."""
-
-    @staticmethod
-    def forward(ctx, module, hw, q, k, v, *params):
-        ctx.module, ctx.hw = module, hw
-        # The LePE parameters are saved too, only so that autograd's version
-        # check catches an in-place update between forward and backward.
-        ctx.save_for_backward(q, k, v, *params)
-        return fast_forward(module, q, k, v, hw)
-
-    @staticmethod
-    def backward(ctx, grad_buf):
-        q, k, v, *_ = ctx.saved_tensors  # unpacking runs autograd's version check
-        params = _lepe_params(ctx.module)  # the module's own tensors: the reference uses these
-        needs = ctx.needs_input_grad[2:]
-        with torch.enable_grad():
-            leaves = [t.detach().requires_grad_(n) for t, n in zip((q, k, v), needs[:3])]
-            out = ctx.module._reference_attend(*leaves, ctx.hw)  # (B, h, N, d)
-            wrt = [t for t, n in zip([*leaves, *params], needs) if n]
-            grads = iter(torch.autograd.grad(out, wrt, grad_buf.permute(0, 2, 1, 3), allow_unused=True))
-        return (None, None, *(next(grads) if n else None for n in needs))
-
-
-def _lepe_params(module) -> list[torch.Tensor]:
-    return [p for conv in (module.lepe_global, module.lepe_local) if conv is not None for p in (conv.weight, conv.bias)]
-
-
-def elfatt_attend(module, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
-    """ElfattAttention.attend on the fast path: (B, h, N, d) -> (B, h, N, d)
-    (a view of a (B, N, h, d) buffer). Differentiable (see ``_FastElfatt``)."""
-    params = _lepe_params(module)
-    if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, *params)):
-        buf = _FastElfatt.apply(module, tuple(hw), q, k, v, *params)
-    else:
-        buf = fast_forward(module, q, k, v, hw)
-    return buf.permute(0, 2, 1, 3)
+    (qg, ql), (kg, kl), (vg, vl), (og, ol) = (spec.split(t) for t in (q, k, v, out))
+    info: dict[str, str] = {}
+    if spec.has_global():
+        _global_branch(kt, qg, kg, vg, lepe.global_taps, lepe.global_bias, og, hw, tuning, info)
+    if spec.has_local():
+        _local_branch(kt, ql, kl, vl, lepe.local_taps, lepe.local_bias, ol, hw, spec.block_rows, tuning, info)
+    return buf, info

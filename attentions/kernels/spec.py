@@ -1,0 +1,116 @@
+"""What the fast ELFATT path is told: the layer (``ElfattSpec``), its LePE
+weights (``LepeWeights``) and its declared tuning knobs (``Tuning``)."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+
+from ..functional import SDPA_IMPLS
+
+LOCAL_MODES = ("triton", "sdpa")
+
+
+@dataclass(frozen=True)
+class ElfattSpec:
+    """One ELFATT layer on one grid, as the kernels see it.
+
+    ``global_heads`` heads (the first ones) are global; with ``global_heads``
+    None the single head is split by channels instead: its first
+    ``global_channels`` channels are global, the rest local.
+    """
+
+    heads: int
+    head_dim: int
+    global_heads: int | None
+    global_channels: int  # global channels of the whole layer (heads split) or of the one head
+    block_rows: int
+
+    @property
+    def widths(self) -> tuple[int, ...]:
+        """Channel widths of the branches' heads: d for head groups; d//2 and d - d//2 for one head."""
+        if self.global_heads is not None:
+            return (self.head_dim,)
+        return (self.global_channels, self.head_dim - self.global_channels)
+
+    @property
+    def concat_dim(self) -> int:
+        return 1 if self.global_heads is not None else -1
+
+    def has_global(self) -> bool:
+        return self.global_channels > 0
+
+    def has_local(self) -> bool:
+        local = self.heads - self.global_heads if self.global_heads is not None else self.head_dim - self.global_channels
+        return local > 0
+
+    def split(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, h, N, d) -> the global and the local branch's views."""
+        if self.global_heads is None:  # one head, split by channels
+            return t[..., : self.global_channels], t[..., self.global_channels :]
+        return t[:, : self.global_heads], t[:, self.global_heads :]
+
+
+@dataclass(frozen=True)
+class LepeWeights:
+    """Both LePE convolutions, weights taps-first (9, channels) contiguous."""
+
+    global_taps: torch.Tensor | None
+    global_bias: torch.Tensor | None
+    local_taps: torch.Tensor | None
+    local_bias: torch.Tensor | None
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """The fast path's declared knobs; None picks the default for the case.
+
+    local: ``triton`` (the fused stripe kernel) or ``sdpa`` (torch SDPA on
+    uncopied stripe views + a LePE epilogue kernel), with ``sdpa_impl``.
+    global_splits: token splits of the context pass (default: about one
+    program per SM over batch x heads). ctx_*/out_*/stripe_*: tile sizes,
+    warps and pipeline stages of each kernel. lepe_unroll: unroll the LePE's
+    3 taps per row (more registers, more loads in flight).
+    """
+
+    local: str = "triton"
+    sdpa_impl: str = "auto"
+    global_splits: int | None = None
+    ctx_bn: int | None = None
+    ctx_warps: int = 4
+    ctx_stages: int = 3
+    out_bm: int | None = None
+    out_warps: int = 4
+    stripe_bm: int | None = None
+    stripe_bn: int | None = None
+    stripe_warps: int | None = None
+    stripe_stages: int = 2
+    lepe_unroll: bool | None = None
+
+    @classmethod
+    def from_dict(cls, options: dict | None) -> "Tuning":
+        """A Tuning from a plain mapping (a config), or ValueError naming the valid keys and values."""
+        options = dict(options or {})
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(options) - set(names))
+        if unknown:
+            raise ValueError(f"unknown ELFATT tuning option(s) {unknown}; valid: {', '.join(names)}")
+        if options.get("local", "triton") not in LOCAL_MODES:
+            raise ValueError(f"tuning.local={options['local']!r}; valid: {', '.join(LOCAL_MODES)}")
+        if options.get("sdpa_impl", "auto") not in SDPA_IMPLS:
+            raise ValueError(f"tuning.sdpa_impl={options['sdpa_impl']!r}; valid: {', '.join(SDPA_IMPLS)}")
+        for key, value in options.items():
+            if key in ("local", "sdpa_impl") or value is None:
+                continue
+            if key == "lepe_unroll":
+                if not isinstance(value, bool):
+                    raise ValueError(f"tuning.lepe_unroll={value!r}; valid: true, false")
+            elif isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"tuning.{key}={value!r}; valid: a positive integer")
+        return cls(**options)
+
+    def as_dict(self) -> dict:
+        """Only the knobs that differ from the defaults."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if getattr(self, f.name) != f.default}

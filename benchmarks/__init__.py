@@ -1,0 +1,1 @@
+"""Focused benchmarks built on the harness (suite.measure, suite.device, suite.models)."""

@@ -1,0 +1,131 @@
+"""The one job pipeline, for every workload:
+
+    validate -> describe -> reasons (unavailable / unsupported / skipped)
+             -> build -> measure -> record -> write
+
+Bad settings raise ``BadInput`` (one line, exit 2 in a single run; an
+``invalid`` row in a sweep). Anything that goes wrong while measuring becomes
+a row with its status and reason (``measure_case``, the one place that turns
+a failure into a row); what was measured before is kept.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from .config import BadInput, Job, attention_label, check_positive, load
+from .device import dtype_unsupported_reason, environment, resolve_device
+from .measure import try_count_flops
+from .records import Record, base_fields, failure, unmeasured_row, write_records
+from .sweep.resume import resumed_record, skip_reason
+from .workloads import Case, Workload, get_workload
+
+
+def check_settings(job: Job) -> None:
+    """Top-level settings every workload reads: BadInput naming the bad value."""
+    cfg = job.cfg
+    if cfg.task is not None:
+        raise BadInput(f"task={cfg.task} was removed; write workload={cfg.task}"
+                       if cfg.task == "train_proxy" else f"task={cfg.task!r} was removed; choose a workload instead")
+    check_positive(cfg, ("warmup", "repeats", "min_time_s", "memory_limit_mib", "accuracy_max_tokens"),
+                   allow_zero=True)
+
+
+def measure_case(wl: Workload, case: Case, job: Job, device: torch.device, precision, base: dict) -> Record:
+    """Measure one case. Never raises for problems of the case itself."""
+    values: dict = {}
+    notes: list[str] = []
+    status = "ok"
+    try:
+        missing = wl.unavailable(case, device)
+        if missing:
+            return Record(**base, status="unavailable", reason="; ".join(missing))
+        reasons = [r for r in [dtype_unsupported_reason(device, precision.compute_dtype)] if r]
+        reasons += wl.unsupported(case, job, device, precision)
+        if reasons:
+            return Record(**base, status="unsupported", reason="; ".join(dict.fromkeys(reasons)))
+        built = wl.build(case, job, device, precision)
+        values.update(built.facts, flops_analytic=built.flops_analytic)
+        measured = wl.measure(case, built, job, device)
+        values.update(measured.values)
+        notes += measured.notes
+        status = measured.status
+        info = wl.run_info(case)
+        values["run_info"] = json.dumps(info, sort_keys=True) if info else ""
+        if wl.timed and job.cfg.flops_count:  # last: a counter that fails to trace can spoil torch.compile's caches
+            counted, note = try_count_flops(built.fn)
+            values.update(flops_counted=counted, **wl.counted_columns(counted, job))
+            notes.append(note)
+    except BaseException as e:  # noqa: BLE001 - a failed case is a row, not a lost sweep
+        if isinstance(e, KeyboardInterrupt):
+            raise
+        status, reason = failure(e, job.run_dir)
+        notes.insert(0, reason)
+    finally:
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return Record(**base, status=status, reason="; ".join(n for n in notes if n), **values)
+
+
+def run(job: Job) -> list[Record]:
+    """Validate, measure and write one job's rows. Raises BadInput on bad settings."""
+    wl = get_workload(job.cfg.workload.name)
+    check_settings(job)
+    case = wl.describe(job)
+    device = resolve_device(job.cfg.device.name)
+    precision = wl.precision_of(job, device)
+    base = base_fields(job, dict(case.identity), device, precision.name, environment(device))
+    resumed = resumed_record(job, base)
+    if resumed is not None:
+        return [resumed]  # resume=true: this case has an ok row already; nothing measured or written
+    skipped = skip_reason(job, wl, case, device, precision)
+    record = Record(**base, status="skipped", reason=skipped) if skipped else \
+        measure_case(wl, case, job, device, precision, base)
+    write_records([record], job.run_dir)
+    return [record]
+
+
+def make_job(cfg: DictConfig, run_dir: str | Path, *, choice: str | None = None, overrides: list[str] = (),
+             sweep_dir: str | Path | None = None) -> Job:
+    """A Job from a composed config: typed settings, the attention's label, where rows go."""
+    typed = load(cfg)
+    return Job(cfg=typed, run_dir=Path(typed.records_dir or run_dir),
+               label=attention_label(choice, list(overrides), typed.attention),
+               config_yaml=OmegaConf.to_yaml(cfg, resolve=True), sweep_dir=Path(sweep_dir) if sweep_dir else None)
+
+
+def job_from_hydra(cfg: DictConfig) -> Job:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    hc = HydraConfig.get()
+    multirun = hc.mode == RunMode.MULTIRUN
+    return make_job(cfg, hc.runtime.output_dir, choice=hc.runtime.choices.get("attention"),
+                    overrides=list(hc.overrides.task), sweep_dir=hc.sweep.dir if multirun else None)
+
+
+def main(cfg: DictConfig) -> list[Record]:
+    """What ``run.py`` calls: one job, its rows written and summarised."""
+    from .summary import print_summary
+
+    job = job_from_hydra(cfg)
+    multirun = job.sweep_dir is not None
+    try:
+        records = run(job)
+    except BadInput as e:
+        if not multirun:
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(2)
+        records = [unmeasured_row(job, "invalid", str(e))]  # in a sweep a bad case is a row, and the others go on
+        write_records(records, job.run_dir)
+    except Exception as e:  # noqa: BLE001 - a sweep job that fails outside measuring is a row too
+        if not multirun:
+            raise
+        records = [unmeasured_row(job, "error", failure(e, job.run_dir)[1])]
+        write_records(records, job.run_dir)
+    print_summary(records, job)
+    return records  # the sweep callback prints each job's one-line result from these

@@ -1,0 +1,233 @@
+"""Hydra callbacks for sweeps: progress, one line per job, merge + report at the end.
+
+Registered in ``conf/config.yaml`` under ``hydra.callbacks.sweep``. Works with
+the basic launcher (jobs in this process) and the submitit launchers (jobs in
+other processes or on other nodes) alike: each job writes
+``job_status.json`` in its folder when it starts and ends, and the process
+that launched the sweep polls those files. Nothing here is needed for a
+single run; every hook returns at once outside a multirun.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+STATUS_FILE = "job_status.json"
+FAILED = ("error", "oom")  # a job "failed" when a row has one of these
+NOT_RUN = ("skipped", "unsupported", "unavailable", "invalid")
+
+
+def _multirun(config: DictConfig) -> bool:
+    from hydra.types import RunMode
+
+    return config.hydra.get("mode") == RunMode.MULTIRUN
+
+
+def one_line(rows: list[Any]) -> str:
+    """A job's result in one line: case, status, p50 latency or the reason."""
+    parts = []
+    for r in rows:
+        g = r.get if isinstance(r, dict) else (lambda k, d=None, r=r: getattr(r, k, d))
+        label = g("variant") or g("attention")
+        model = f" in {g('model')}" if g("model", "") else ""
+        head = f"{g('status'):<11} {label}{model} {g('workload')} {g('dtype')} {g('resolution')}px"
+        lat, top1 = g("latency_ms_p50"), g("proxy_top1", math.nan)
+        if g("status") == "ok" and lat is not None and not math.isnan(lat):
+            parts.append(f"{head}: {lat:.3f} ms")
+        elif g("status") == "ok" and top1 is not None and not math.isnan(top1):
+            parts.append(f"{head} {g('proxy_task', '')}: top-1 {top1:.3f}")
+        else:
+            parts.append(f"{head}: {(g('reason') or '')[:160]}")
+    return " | ".join(parts) or "no rows"
+
+
+def pin_local_gpu(job_num: int) -> str | None:
+    """Under submitit's local executor, keep only GPU ``job_num % n`` visible.
+
+    submitit gives every job of a batch the same CUDA_VISIBLE_DEVICES; with
+    hydra.sweeper.max_batch_size equal to the GPU count, consecutive job
+    numbers then land on distinct GPUs. Must run before CUDA is initialised.
+    """
+    if os.environ.get("SUBMITIT_EXECUTOR") != "local":
+        return None
+    ids = [i for i in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if i.strip()]
+    if len(ids) < 2:
+        return None
+    os.environ["CUDA_VISIBLE_DEVICES"] = ids[job_num % len(ids)]
+    return os.environ["CUDA_VISIBLE_DEVICES"]
+
+
+def _write_status(job_dir: Path, **fields: Any) -> None:
+    job_dir.mkdir(parents=True, exist_ok=True)
+    tmp = job_dir / (STATUS_FILE + ".tmp")
+    tmp.write_text(json.dumps(fields))
+    tmp.replace(job_dir / STATUS_FILE)  # atomic: the poller never reads half a file
+
+
+class SweepTracker:
+    """Counts jobs from their status files and shows a rich progress bar."""
+
+    def __init__(self, sweep_dir: Path, total: int, poll_s: float = 0.5):
+        from rich.console import Console
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.sweep_dir, self.total, self.poll_s = Path(sweep_dir), total, poll_s
+        self.start = time.time()
+        self.done: dict[str, dict] = {}
+        self.running: set[str] = set()
+        self.lock = threading.Lock()
+        self.console = Console()
+        self.progress = Progress(
+            TextColumn("[bold]sweep"), BarColumn(), TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(), console=self.console, transient=False,
+        )
+        self.task = self.progress.add_task("sweep", total=total, info="")
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def begin(self) -> None:
+        # In a terminal: a live bar under the jobs' output. In a log (CI,
+        # submitit, a pipe) the per-job lines below carry the same counts.
+        if self.console.is_terminal:
+            self.progress.start()
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.poll_s):
+            self.poll()
+
+    def counts(self) -> dict[str, int]:
+        failed = sum(1 for s in self.done.values() if s.get("failed"))
+        not_run = sum(1 for s in self.done.values() if s.get("not_run"))
+        return dict(done=len(self.done), running=len(self.running), failed=failed, not_run=not_run)
+
+    def eta_s(self) -> float | None:
+        n = len(self.done)
+        if n == 0:
+            return None
+        return (time.time() - self.start) / n * max(0, self.total - n)
+
+    def summary(self) -> str:
+        c, eta = self.counts(), self.eta_s()
+        eta_text = "?" if eta is None else time.strftime("%H:%M:%S", time.gmtime(eta))
+        return (f"{c['done']}/{self.total} done, {c['running']} running, {c['failed']} failed, "
+                f"{c['not_run']} not run, ETA {eta_text}")
+
+    def poll(self) -> None:
+        """Read new status files; print a line for each newly finished job."""
+        with self.lock:
+            for f in self.sweep_dir.rglob(STATUS_FILE):
+                key = str(f.parent)
+                if key in self.done:
+                    continue
+                try:
+                    if f.stat().st_mtime < self.start - 1:
+                        continue  # left by an earlier run of this sweep dir
+                    s = json.loads(f.read_text())
+                except (OSError, ValueError):
+                    continue
+                if s.get("state") == "done":
+                    self.running.discard(key)
+                    self.done[key] = s
+                    self.progress.console.print(f"[{self.summary()}] #{s.get('num')} {s.get('line')}",
+                                                markup=False, highlight=False, soft_wrap=True)
+                else:
+                    self.running.add(key)
+            self.progress.update(self.task, completed=len(self.done), info=self.summary())
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+        self.poll()
+        self.progress.stop()
+        print(f"sweep finished: {self.summary()}, {time.time() - self.start:.0f} s", flush=True)
+
+
+class SweepCallback(Callback):
+    """Progress and per-job lines during a multirun; collect + report after it."""
+
+    def __init__(self, report: bool = True, progress: bool = True, poll_s: float = 0.5) -> None:
+        self.report = report
+        self.show_progress = progress
+        self.poll_s = poll_s
+        self._tracker: SweepTracker | None = None
+
+    def __getstate__(self) -> dict:
+        # submitit pickles the Hydra context (and so this object) for each job:
+        # the tracker's thread and console stay in the launching process.
+        return {k: v for k, v in self.__dict__.items() if k != "_tracker"} | {"_tracker": None}
+
+    # -- the launching process ------------------------------------------------
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from .resume import count_jobs
+
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        params = config.hydra.sweeper.get("params")
+        total = count_jobs(dict(params) if params else {}, list(config.hydra.overrides.task))
+        launcher = str(config.hydra.launcher.get("_target_", ""))
+        gpus = config.hydra.launcher.get("gpus_per_node") or 0
+        batch = config.hydra.sweeper.get("max_batch_size")
+        if launcher.endswith("LocalLauncher") and gpus and (batch is None or batch > gpus):
+            print(f"warning: submitit's local launcher starts a whole batch at once; with gpus_per_node={gpus} "
+                  f"set hydra.sweeper.max_batch_size={gpus} so that jobs never share a GPU", flush=True)
+        if self.show_progress:
+            self._tracker = SweepTracker(sweep_dir, total, self.poll_s)
+            self._tracker.begin()
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if self._tracker is not None:
+            self._tracker.stop()
+            self._tracker = None
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        try:  # the rows are on disk already; a failure here loses nothing
+            from ..collect import collect
+
+            table = collect([sweep_dir], out_dir=sweep_dir)
+            print(f"merged table: {table} (and .csv)", flush=True)
+            if self.report:  # hydra.callbacks.sweep.report=false skips the figures
+                from ..report import write_report
+
+                print(f"report: {write_report(table, sweep_dir / 'report')}", flush=True)
+        except Exception as e:  # noqa: BLE001
+            print(f"collect/report failed ({type(e).__name__}: {e}); the job rows are intact under {sweep_dir}; "
+                  f"rerun: python -m suite.collect {sweep_dir} && python -m suite.report "
+                  f"{sweep_dir / 'results.parquet'}", flush=True)
+
+    # -- each job (this process, or a submitit worker) ----------------------------
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if not _multirun(config):
+            return
+        num = int(config.hydra.job.get("num", 0) or 0)
+        pin_local_gpu(num)
+        _write_status(Path(config.hydra.runtime.output_dir), state="running", num=num, start=time.time())
+        if self._tracker is not None:  # same process (basic launcher): show it now
+            self._tracker.poll()
+
+    def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
+        if not _multirun(config):
+            return
+        from hydra.core.utils import JobStatus
+
+        rows = job_return._return_value if job_return.status == JobStatus.COMPLETED else None
+        if isinstance(rows, list) and rows:
+            statuses = [getattr(r, "status", "") for r in rows]
+            line = one_line(rows)
+        else:  # the job raised past run.py: say so (run.py turns exceptions into rows first)
+            statuses = ["error"]
+            line = f"error: job raised {job_return._return_value!r}"[:300]
+        _write_status(
+            Path(config.hydra.runtime.output_dir), state="done", num=int(config.hydra.job.get("num", 0) or 0),
+            end=time.time(), statuses=statuses, line=line,
+            failed=any(s in FAILED for s in statuses), not_run=all(s in NOT_RUN for s in statuses),
+        )
+        if self._tracker is not None:  # same process (basic launcher): show it now
+            self._tracker.poll()

@@ -1,0 +1,147 @@
+"""What a workload is: it describes a case, says why it cannot run, builds its
+inputs and the zero-argument callable, and adds its own measurements.
+
+The job pipeline (``suite/job.py``) calls these steps in order for every
+workload; the shared timing step (``Workload.measure``) times ``Built.fn``.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar
+
+import torch
+
+from ..config import Job
+from ..device import Nvml, Precision
+from ..measure import peak_memory, sdpa_kernels, time_fn
+
+
+@dataclass(frozen=True)
+class Column:
+    """One column of a workload's summary table: header, Record field, format."""
+
+    header: str
+    field: str
+    fmt: str = ".3g"  # format spec; "" prints the value as text
+
+
+@dataclass
+class Case:
+    """A workload's description of one case, made before anything runs."""
+
+    identity: dict  # row columns that identify the case over the top-level settings (grid, dim, model...)
+    data: Any  # what the later steps need (a module, a model plan...)
+
+
+@dataclass
+class Built:
+    """Inputs and the callable to time, built outside the timed region."""
+
+    fn: Callable[[], torch.Tensor] | None
+    inputs: tuple = ()
+    flops_analytic: float = float("nan")
+    items_per_call: int = 1
+    facts: dict = field(default_factory=dict)  # columns known once built (params, FLOPs per image...)
+    started: float = 0.0  # perf_counter when building began (for whole-job wall times)
+
+
+@dataclass
+class Measured:
+    values: dict
+    notes: list[str]
+    status: str = "ok"
+
+
+class Workload:
+    """Base class. Subclasses set ``name`` and ``summary``, and implement
+    ``describe`` and ``build``; the other steps have defaults."""
+
+    name: ClassVar[str] = ""
+    summary: ClassVar[tuple[Column, ...]] = ()
+    #: True when the shared timing step times ``Built.fn`` and FLOPs are counted on it.
+    timed: ClassVar[bool] = True
+
+    def describe(self, job: Job) -> Case:
+        """Validate the settings (BadInput naming the valid values) and describe the case."""
+        raise NotImplementedError
+
+    def unavailable(self, case: Case, device: torch.device) -> list[str]:
+        return []
+
+    def unsupported(self, case: Case, job: Job, device: torch.device, precision: Precision) -> list[str]:
+        return []
+
+    def memory_estimate(self, case: Case, job: Job, precision: Precision) -> int | None:
+        """A lower bound on the bytes one call needs, or None when unknown."""
+        return None
+
+    def precision_of(self, job: Job, device: torch.device) -> Precision:
+        from ..device import resolve_precision
+
+        return resolve_precision(job.cfg.precision.name, device)
+
+    def build(self, case: Case, job: Job, device: torch.device, precision: Precision) -> Built:
+        raise NotImplementedError
+
+    def measure(self, case: Case, built: Built, job: Job, device: torch.device) -> Measured:
+        """The shared timing step: a first call (compiles, surfaces errors), the
+        timed loop with NVML readings, peak memory of one call, the SDPA kernels
+        that ran; then the workload's ``extras`` on the first call's output."""
+        cfg = job.cfg
+        out = built.fn()
+        status, notes = "ok", []
+        if not torch.isfinite(out).all():
+            status, notes = "error", ["output has non-finite values"]
+        nvml = Nvml(device)
+        e0 = nvml.energy_mj()
+        t = time_fn(built.fn, device, warmup=cfg.warmup, repeats=cfg.repeats, min_time_s=cfg.min_time_s,
+                    flush_l2=cfg.flush_l2)
+        e1 = nvml.energy_mj()
+        seconds = t.p50_ms / 1e3
+        m = dict(latency_ms_p10=t.p10_ms, latency_ms_p50=t.p50_ms, latency_ms_p90=t.p90_ms, repeats=t.repeats,
+                 throughput_per_s=built.items_per_call / seconds, tflops_per_s=built.flops_analytic / seconds / 1e12)
+        m.update(nvml.clocks())
+        if e0 is not None and e1 is not None and t.total_s > 0:
+            m.update(energy_j=(e1 - e0) / 1e3, avg_power_w=(e1 - e0) / 1e3 / t.total_s)
+        mem = peak_memory(built.fn, device)
+        m.update(peak_mem_mib=mem.peak_mib, peak_extra_mem_mib=mem.extra_mib, mem_method=mem.method)
+        m["sdpa_kernels"] = ",".join(sorted(sdpa_kernels(built.fn)))
+        extra, extra_notes = self.extras(case, built, out, job, device)
+        return Measured(m | extra, notes + extra_notes, status)
+
+    def extras(self, case: Case, built: Built, out: torch.Tensor, job: Job, device: torch.device
+               ) -> tuple[dict, list[str]]:
+        """Measurements of this workload beyond the shared ones (accuracy, shares...), and notes."""
+        return {}, []
+
+    def run_info(self, case: Case) -> dict[str, str]:
+        """Facts the attention(s) reported while running."""
+        return {}
+
+    def counted_columns(self, counted: float, job: Job) -> dict:
+        """Columns derived from the counted FLOPs (e.g. per image)."""
+        return {}
+
+
+# -- helpers the workloads share -------------------------------------------------
+def autocast_context(device: torch.device, precision: Precision):
+    if precision.autocast:
+        return torch.autocast(device.type, dtype=precision.compute_dtype)
+    return contextlib.nullcontext()
+
+
+def seeded_randn(shape, seed: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """Seeded on the CPU so CPU and GPU runs see the same data."""
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    return torch.randn(*shape, generator=gen).to(device=device, dtype=dtype)
+
+
+def inference(fn: Callable[[], torch.Tensor], device: torch.device, precision: Precision) -> Callable:
+    """``fn`` under no_grad, and autocast when the precision asks for it."""
+
+    def call():
+        with torch.no_grad(), autocast_context(device, precision):
+            return fn()
+
+    return call

@@ -1,0 +1,239 @@
+"""``model``: a whole backbone (``suite/models``) at one resolution.
+
+One row per job with: images/s at the configured batch (``throughput_per_s``),
+latency percentiles, peak memory, parameters, analytic and counted FLOPs per
+image, and:
+
+- ``attn_latency_share``: 1 - t(identity) / t(model), where t(identity) is the
+  same model in the same run with every attention layer replaced by
+  ``IdentityMixer``: it returns its (B, N, C) input, so no qkv, core or proj
+  runs; LayerNorms, MLPs, stem, merging and head still do. The share of the
+  whole attention layers, projections included.
+- ``attn_core_latency_share``: 1 - t(value-only) / t(model), every attention
+  layer replaced by ``ValueOnly`` (qkv and proj kept, out = proj(v)): the share
+  of the mechanism itself. The three variants are timed in interleaved
+  rounds (medians), so a drift in machine load hits them alike; on a busy CPU
+  a share can still come out slightly negative: noise, not a result.
+- fidelity, with the model's random weights (timm init: nearly uniform
+  attention maps): each attention layer's output against exact softmax
+  attention with the same qkv/proj weights on the same (hooked) input, in
+  float64 on image 0 (``fidelity_layer_*``); the final features and a random
+  1000-class linear head's top-1 against the same weights with every
+  attention layer swapped for exact attention (registry ``sdpa``, qkv/proj
+  copied; LePE and any other extra weights dropped), in float32 over
+  ``model.fidelity_images`` random images. At random init the exact output
+  is close to the mean of v, so a LePE term (default conv init) dominates a
+  layer's error: read the layer columns as "how far from exact at init".
+  Fidelity that fails (e.g. out of memory) leaves its columns empty and says
+  why in ``reason``; the speed columns are kept.
+
+The top-level ``dim``, ``heads`` and ``patch_size`` are ignored: the model
+defines them, and the row records the model's stage-1 values (and stage-1 grid
+and tokens); ``model_info`` has every stage.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import statistics
+
+import torch
+
+from ..accuracy import cos_sim, exact_layer_fp64, rel_err
+from ..config import BadInput, Job, ModelConfig, RunConfig, attention_options, check_positive
+from ..measure import time_fn
+from ..models import (
+    Backbone, IdentityMixer, ModelPlan, ValueOnly, blocks_of, build_model, check_plan, count_params, exact_twin,
+    model_info, plan_model, replace_attention, stride_of, valid_resolutions,
+)
+from ..records import failure
+from .base import Built, Case, Column, Workload, inference, seeded_randn
+from .registry import register_workload
+
+SUMMARY = (
+    Column("model", "model", ""), Column("attention", "variant", ""), Column("res", "resolution", "d"),
+    Column("batch", "batch_size", "d"), Column("dtype", "dtype", ""), Column("status", "status", ""),
+    Column("img/s", "throughput_per_s", ".1f"), Column("attn share", "attn_latency_share", ".2f"),
+    Column("feat cos", "fidelity_feat_cos", ".3f"),
+)
+
+
+# -- config -> plan ------------------------------------------------------------------
+def _resolution_list(mc: ModelConfig, name: str, opts: dict, upto: int, asked: int) -> str:
+    valid = valid_resolutions(mc, name, opts, upto)
+    step = stride_of(mc)
+    if not valid:
+        return ""
+    if valid == list(range(step, upto + 1, step)):
+        return f"multiples of {step} (e.g. {', '.join(map(str, sorted(sorted(valid, key=lambda r: abs(r - asked))[:2])))})"
+    shown = ", ".join(map(str, valid[:16]))
+    return shown + (f", ... ({len(valid) - 16} more)" if len(valid) > 16 else "")
+
+
+def resolve_plan(mc: ModelConfig, name: str, opts: dict, resolution: int) -> ModelPlan:
+    """The plan, or BadInput naming the valid resolutions when the resolution is the problem."""
+    try:
+        plan = plan_model(mc, name, opts, resolution)
+        check_plan(plan)
+        return plan
+    except ValueError as e:
+        upto = max(4 * resolution, 4 * stride_of(mc)) if mc.patch_size > 0 and mc.depths else 0
+        try:
+            valid = _resolution_list(mc, name, opts, upto, resolution) if upto else ""
+        except ValueError:
+            valid = ""
+        if not valid:
+            raise BadInput(f"model={mc.name} attention={name}: {e}") from None
+        raise BadInput(
+            f"model={mc.name} attention={name} cannot take resolution={resolution}: {e}; "
+            f"valid resolutions up to {upto}: {valid}"
+        ) from None
+
+
+def model_identity(plan: ModelPlan, mc: ModelConfig) -> dict:
+    """The row's identifying columns: the model's own stage-1 grid, width and
+    heads (the top-level dim, heads and patch_size do not apply to a model)."""
+    s0 = plan.stages[0]
+    return dict(grid=s0.grid, patch_size=plan.patch_size, dim=s0.dim, heads=s0.heads, model=mc.name,
+                stage_attentions=plan.stage_attentions(), model_info=json.dumps(model_info(plan), sort_keys=True))
+
+
+def stage_reasons(model: Backbone, ask) -> list[str]:
+    """``ask(attention, stage plan)`` for every block, each reason once, labelled with its stage."""
+    seen, reasons = set(), []
+    for sp, _, blk in blocks_of(model):
+        for r in ask(blk.attn, sp):
+            if r not in seen:
+                seen.add(r)
+                reasons.append(f"stage {sp.number}: {r}")
+    return reasons
+
+
+def model_run_info(model: Backbone) -> dict:
+    info = {}
+    for sp, _, blk in blocks_of(model):
+        for k, v in blk.attn.run_info().items():  # the first block's value per stage and key
+            info.setdefault(f"stage{sp.number}.{k}", v)
+    return info
+
+
+# -- measurements ----------------------------------------------------------------------
+def latency_shares(model: Backbone, fn, device, cfg: RunConfig, rounds: int = 3) -> dict:
+    """Time the model as built, with IdentityMixer and with ValueOnly layers,
+    interleaved over ``rounds`` rounds (each ``min_time_s / rounds`` long), so a
+    drift in machine load hits the three alike; medians of the per-round p50s."""
+    originals = [blk.attn for _, _, blk in blocks_of(model)]
+    variants = {"full": None, "identity": lambda a: IdentityMixer(), "value_only": ValueOnly}
+    p50 = {k: [] for k in variants}
+    try:
+        for _ in range(rounds):
+            for key, make in variants.items():
+                for (_, _, blk), a in zip(blocks_of(model), originals):
+                    blk.attn = make(a) if make else a
+                t = time_fn(fn, device, warmup=1, repeats=cfg.repeats, min_time_s=cfg.min_time_s / rounds,
+                            flush_l2=cfg.flush_l2)
+                p50[key].append(t.p50_ms)
+    finally:
+        for (_, _, blk), a in zip(blocks_of(model), originals):
+            blk.attn = a
+    med = {k: statistics.median(v) for k, v in p50.items()}
+    return dict(latency_ms_p50_attn_identity=med["identity"], attn_latency_share=1.0 - med["identity"] / med["full"],
+                attn_core_latency_share=1.0 - med["value_only"] / med["full"])
+
+
+def fidelity(model: Backbone, mc: ModelConfig, resolution: int, device, seed: int) -> dict:
+    """Model vs the same weights with exact attention (module docstring). Leaves ``model`` in float32."""
+    model.float().eval()
+    exact = replace_attention(copy.deepcopy(model), exact_twin).eval()
+    n = mc.fidelity_images
+    captured: list[tuple] = []
+
+    def hook(module, args, output):
+        if len(captured) < len(hooks):  # image 0 of the first chunk only
+            captured.append((module, args[0][:1].detach(), tuple(args[1]), output[:1].detach()))
+
+    hooks = [blk.attn.register_forward_hook(hook) for _, _, blk in blocks_of(model)]
+    feats, feats_exact = [], []
+    try:
+        with torch.no_grad():
+            for i in range(0, n, 8):
+                imgs = seeded_randn((min(8, n - i), 3, resolution, resolution), seed + 1000 + i, device, torch.float32)
+                feats.append(model.forward_features(imgs))
+                feats_exact.append(exact.forward_features(imgs))
+    finally:
+        for h in hooks:
+            h.remove()
+    f, fe = torch.cat(feats), torch.cat(feats_exact)
+    with torch.no_grad():
+        agree = (model.head(f).argmax(-1) == exact.head(fe).argmax(-1)).double().mean().item()
+    layers, errs, coss = [], [], []
+    with torch.no_grad():
+        for (sp, i, _), (module, x, hw, out) in zip(blocks_of(model), captured):
+            if hw[0] * hw[1] > mc.fidelity_max_tokens:
+                continue
+            ref = exact_layer_fp64(module, x.double(), hw)
+            e, c = rel_err(out, ref), cos_sim(out, ref)
+            errs.append(e)
+            coss.append(c)
+            layers.append({"stage": sp.number, "block": i, "rel_err": round(e, 6), "cos": round(c, 6)})
+    return dict(
+        fidelity_images=n,
+        fidelity_feat_rel_err=rel_err(f, fe),
+        fidelity_feat_cos=cos_sim(f, fe),
+        fidelity_top1_agree=agree,
+        fidelity_layer_rel_err_mean=sum(errs) / len(errs) if errs else math.nan,
+        fidelity_layer_rel_err_max=max(errs) if errs else math.nan,
+        fidelity_layer_cos_min=min(coss) if coss else math.nan,
+        fidelity_layers=json.dumps(layers),
+    )
+
+
+@register_workload
+class Model(Workload):
+    name = "model"
+    summary = SUMMARY
+
+    def describe(self, job: Job) -> Case:
+        mc = job.cfg.model
+        check_positive(job.cfg, ("batch_size",))
+        check_positive(mc, ("fidelity_images",), prefix="model.")
+        plan = resolve_plan(mc, job.cfg.attention.get("name"), attention_options(job.cfg), job.cfg.resolution)
+        torch.manual_seed(job.cfg.seed)
+        return Case(model_identity(plan, mc), build_model(plan))
+
+    def unavailable(self, case, device):
+        return sorted({r for _, _, blk in blocks_of(case.data) for r in blk.attn.unavailable_reasons(device)})
+
+    def unsupported(self, case, job, device, precision):
+        return stage_reasons(case.data, lambda attn, sp: attn.unsupported_reasons(
+            device=device, dtype=precision.compute_dtype, hw=sp.grid, batch=job.cfg.batch_size))
+
+    def build(self, case, job, device, precision):
+        model, batch, res = case.data, job.cfg.batch_size, job.cfg.resolution
+        fl = model.flops(batch)
+        facts = dict(params=count_params(model), flops_per_image_analytic=fl["total"] / batch,
+                     attn_flops_per_image_analytic=fl["attention"] / batch)
+        model.to(device=device, dtype=precision.param_dtype).eval()
+        images = seeded_randn((batch, 3, res, res), job.cfg.seed + 1, device, precision.param_dtype)
+        return Built(inference(lambda: model(images), device, precision), (images,), float(fl["total"]), batch, facts)
+
+    def extras(self, case, built, out, job, device):
+        model, mc, cfg = case.data, job.cfg.model, job.cfg
+        m, notes = {}, []
+        if mc.attn_share:
+            m.update(latency_shares(model, built.fn, device, cfg))
+        if mc.fidelity and cfg.accuracy:
+            try:
+                m.update(fidelity(model, mc, cfg.resolution, device, cfg.seed))
+            except Exception as e:  # noqa: BLE001 - keep the speed measured above; say why fidelity is empty
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+                notes.append(f"fidelity not measured: {failure(e, job.run_dir)[1]}")
+        return m, notes
+
+    def run_info(self, case):
+        return model_run_info(case.data)
+
+    def counted_columns(self, counted: float, job: Job) -> dict:
+        return {"flops_per_image_counted": counted / job.cfg.batch_size}

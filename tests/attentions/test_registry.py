@@ -1,0 +1,116 @@
+"""Registry-driven: every registered attention gets these checks for free."""
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+import attentions as A
+
+CONF = Path(__file__).resolve().parents[2] / "conf" / "attention"
+GRIDS = [(7, 7), (14, 7), (6, 4)]  # square, non-square both ways
+
+
+def build(name, dim=32, heads=4, dtype=torch.float32, **kw):
+    torch.manual_seed(0)
+    return A.create_attention(name, dim, heads, **kw).to(dtype)
+
+
+def runnable(m, hw, dtype=torch.float32):
+    try:
+        m.check_grid(hw)
+    except ValueError as e:
+        pytest.skip(f"{m.registry_name} rejects grid {hw}: {e}")
+    missing = m.unavailable_reasons(torch.device("cpu"))
+    if missing:
+        pytest.skip(f"{m.registry_name} unavailable here: {'; '.join(missing)}")
+    reasons = m.unsupported_reasons(device=torch.device("cpu"), dtype=dtype, hw=hw, batch=2)
+    if reasons:
+        pytest.skip(f"{m.registry_name} cannot run here: {'; '.join(reasons)}")
+
+
+@pytest.mark.parametrize("name", A.list_attentions())
+@pytest.mark.parametrize("hw", GRIDS, ids=lambda hw: f"{hw[0]}x{hw[1]}")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
+def test_forward_backward(name, hw, dtype):
+    m = build(name, dtype=dtype)
+    runnable(m, hw, dtype)
+    x = torch.randn(2, hw[0] * hw[1], 32, dtype=dtype, requires_grad=True)
+    try:
+        y = m(x, hw)
+    except A.Unavailable as e:
+        pytest.skip(f"{name} unavailable here: {e}")
+    except A.Unsupported as e:  # e.g. FlexAttention has no backward on CPU: check the forward alone
+        with torch.no_grad():
+            y = m(x, hw)
+        assert y.shape == x.shape and y.dtype == dtype and torch.isfinite(y).all()
+        pytest.skip(f"forward checked; {name} cannot take gradients here: {e}")
+    assert y.shape == x.shape and y.dtype == dtype
+    assert torch.isfinite(y).all()
+    y.square().mean().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+    assert m.qkv.weight.grad is not None and torch.isfinite(m.qkv.weight.grad).all()
+
+
+@pytest.mark.parametrize("name", A.list_attentions())
+def test_module_interface(name):
+    m = build(name)
+    assert m.registry_name == name
+    assert isinstance(m.qkv, torch.nn.Linear) and (m.qkv.in_features, m.qkv.out_features) == (32, 96)
+    assert isinstance(m.proj, torch.nn.Linear) and (m.proj.in_features, m.proj.out_features) == (32, 32)
+    assert m.qkv.bias is not None
+    assert build(name, qkv_bias=False).qkv.bias is None
+    assert m.flops(2, (7, 7), "layer") > m.flops(2, (7, 7), "op") > 0
+
+
+@pytest.mark.parametrize("name", A.list_attentions())
+def test_config_yaml_matches_constructor(name):
+    """One YAML per attention, holding its name and exactly its constructor options."""
+    path = CONF / f"{name}.yaml"
+    assert path.exists(), f"conf/attention/{name}.yaml is missing"
+    cfg = yaml.safe_load(path.read_text())
+    assert cfg.pop("name") == name
+    assert set(cfg) == set(A.attention_options(name)), f"{path} keys differ from {name}'s constructor options"
+
+
+def presets() -> dict[str, dict]:
+    """conf/attention/ files that are presets: ``defaults: [<attention>, _self_]`` plus options."""
+    out = {}
+    for p in CONF.glob("*.yaml"):
+        cfg = yaml.safe_load(p.read_text())
+        if "defaults" in cfg:
+            out[p.stem] = cfg
+    return out
+
+
+def test_every_yaml_is_an_attention_or_a_preset_of_one():
+    names = {p.stem for p in CONF.glob("*.yaml")}
+    assert names - set(presets()) == set(A.list_attentions())
+    for name, cfg in presets().items():
+        base, self_ = cfg.pop("defaults")
+        assert self_ == "_self_" and base in A.list_attentions(), name
+        assert "name" not in cfg and set(cfg) <= set(A.attention_options(base)), name
+        A.create_attention(base, 64, 4, **cfg)  # a preset's options build
+
+
+def test_unknown_attention_lists_names():
+    with pytest.raises(ValueError) as e:
+        A.create_attention("nope", 32, 4)
+    for n in A.list_attentions():
+        assert n in str(e.value)
+
+
+def test_unknown_option_lists_options():
+    with pytest.raises(ValueError, match="valid options: .*block_rows"):
+        A.create_attention("elfatt", 32, 4, blok_rows=2)
+
+
+def test_heads_must_divide_dim():
+    with pytest.raises(ValueError, match=r"heads=5 does not divide dim=32; valid heads for dim=32: \[1, 2, 4, 8, 16, 32\]"):
+        A.create_attention("vanilla", 32, 5)
+
+
+def test_readme_attention_table_matches_registry():
+    from suite.docs import README, attention_table, readme_table
+
+    assert readme_table(README.read_text()) == attention_table(), "run: python -m suite.docs --write"

@@ -1,0 +1,131 @@
+"""Configs compose; run.py works end to end; bad input gets one clear line and exit 2."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from hydra import compose
+
+import attentions as A
+
+ROOT = Path(__file__).resolve().parents[2]
+CONF = ROOT / "conf"
+TINY = ["resolution=112", "dim=32", "heads=2", "warmup=1", "repeats=3", "accuracy_max_tokens=64"]
+
+
+def groups():
+    """(group, option) for every YAML in every config group (experiments excluded:
+    they are composed by their own tests)."""
+    for d in sorted(p for p in CONF.iterdir() if p.is_dir() and p.name not in ("experiment", "hydra")):
+        for f in sorted(d.glob("*.yaml")):
+            yield d.name, f.stem
+
+
+@pytest.mark.parametrize("group,option", list(groups()))
+def test_every_config_composes(hydra_conf, group, option):
+    cfg = compose(config_name="config", overrides=[f"{group}={option}"])
+    assert cfg[group] is not None
+    assert isinstance(cfg.resolution, int)
+
+
+def test_bad_typed_override_is_clear(hydra_conf):
+    with pytest.raises(Exception, match="resolution"):
+        compose(config_name="config", overrides=["resolution=big"])
+
+
+def run(*args, cwd, timeout=300):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HYDRA_FULL_ERROR": "0"}
+    return subprocess.run([sys.executable, str(ROOT / "run.py"), *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def records_in(path: Path) -> pd.DataFrame:
+    files = sorted(path.rglob("records.parquet"))
+    assert files, f"no records under {path}"
+    return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", A.list_attentions())
+def test_run_py_each_attention(tmp_path, name):
+    p = run(f"attention={name}", *TINY, f"hydra.run.dir={tmp_path}", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr[-2000:]
+    df = records_in(tmp_path)
+    assert len(df) == 1
+    row = df.iloc[0]
+    assert row.attention == name and row.tokens == 49 and row.device == "cpu"
+    assert row.status in ("ok", "unsupported", "unavailable"), row.reason
+    if row.status == "ok":
+        assert row.latency_ms_p10 <= row.latency_ms_p50 <= row.latency_ms_p90
+        assert row.flops_analytic > 0 and row.repeats == 3 and row.peak_mem_mib > 0
+        assert row.rel_err_vs_fp64 < 1e-4
+    else:
+        assert row.reason
+    assert (tmp_path / "records.csv").exists()
+    assert "records:" in p.stdout and name in p.stdout
+
+
+@pytest.mark.slow
+def test_same_seed_same_numbers(tmp_path):
+    """Weights and inputs are seeded: two runs give identical accuracy proxies."""
+    rows = []
+    for i in range(2):
+        p = run("attention=elfatt", *TINY, f"hydra.run.dir={tmp_path / str(i)}", cwd=tmp_path)
+        assert p.returncode == 0, p.stderr[-2000:]
+        rows.append(records_in(tmp_path / str(i)).iloc[0])
+    assert rows[0].rel_err_vs_exact == rows[1].rel_err_vs_exact
+    assert rows[0].cos_sim_vs_exact == rows[1].cos_sim_vs_exact
+
+
+@pytest.mark.slow
+def test_two_job_multirun(tmp_path):
+    p = run("-m", "attention=vanilla,elfatt", *TINY, f"hydra.sweep.dir={tmp_path}", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr[-2000:]
+    df = records_in(tmp_path)
+    assert sorted(df.attention) == ["elfatt", "vanilla"]
+    assert set(df.status) == {"ok"}
+
+
+@pytest.mark.slow
+def test_unsupported_backend_is_a_row_not_a_crash(tmp_path):
+    p = run("attention=sdpa", "attention.backend=cudnn", "device=cpu", *TINY, f"hydra.run.dir={tmp_path}", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr[-2000:]
+    row = records_in(tmp_path).iloc[0]
+    assert row.status == "unsupported" and "needs CUDA" in row.reason
+    assert "Traceback" not in p.stderr
+
+
+BAD = [
+    (["attention=nope"], 1, "Could not find 'attention/nope'"),
+    (["resolution=250"], 2, "resolution=250 is not divisible by patch_size=16; valid resolutions are multiples of 16"),
+    (["attention.block_rows=5"], 2, "block_rows=5 does not divide the grid height H=14; valid block_rows: [1, 2, 7, 14]"),
+    (["heads=5"], 2, "heads=5 does not divide dim=768; valid heads for dim=768"),
+    (["attention=sdpa", "attention.backend=turbo"], 2, "unknown SDPA backend 'turbo'; valid backends:"),
+    (["precision=fp8"], 1, "Could not find 'precision/fp8'"),
+    (["device=cuda"], 2, "device=cuda but torch sees no CUDA device"),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("args,code,message", BAD, ids=[" ".join(b[0]) for b in BAD])
+def test_bad_input(tmp_path, args, code, message):
+    import torch
+
+    if "device=cuda" in args and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA, so device=cuda is valid here")
+    p = run(*args, f"hydra.run.dir={tmp_path}", cwd=tmp_path)
+    assert p.returncode == code, (p.returncode, p.stderr[-2000:])
+    assert message in p.stderr
+    assert "Traceback" not in p.stderr
+
+
+@pytest.mark.slow
+def test_bad_case_in_a_sweep_is_an_invalid_row(tmp_path):
+    p = run("-m", "attention.block_rows=7,5", *TINY, f"hydra.sweep.dir={tmp_path}", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr[-2000:]
+    df = records_in(tmp_path)
+    status = {('"block_rows": 7' in o): s for o, s in zip(df.attention_options, df.status)}
+    assert status == {True: "ok", False: "invalid"}
+    assert "valid block_rows: [1, 7]" in df[df.status == "invalid"].iloc[0].reason

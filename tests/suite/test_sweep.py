@@ -1,0 +1,225 @@
+"""Sweeps: presets and variants compose, resume, skip-before-launch, failures as rows, submitit."""
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from hydra import compose
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import OmegaConf
+
+import attentions as A
+from suite import runner, sweep
+from suite.callbacks import pin_local_gpu
+from suite.records import Record, write_records
+
+ROOT = Path(__file__).resolve().parents[2]
+CONF = ROOT / "conf"
+TINY = ["device=cpu", "precision=fp32", "dim=32", "heads=2", "warmup=1", "repeats=3", "min_time_s=0.01",
+        "accuracy_max_tokens=64"]
+
+
+def _sweep_params(experiment: str) -> dict:
+    text = (CONF / "experiment" / f"{experiment}.yaml").read_text()
+    return dict(OmegaConf.create(text).hydra.sweeper.params)
+
+
+@pytest.mark.parametrize("variant", sorted(p.stem for p in (CONF / "variant").glob("*.yaml")))
+def test_every_variant_composes_and_builds(hydra_conf, variant):
+    cfg = compose(config_name="config", overrides=[f"variant={variant}"])
+    opts = OmegaConf.to_container(cfg.attention)
+    name = opts.pop("name")
+    assert name in A.list_attentions()
+    A.create_attention(name, 64, 4, **opts)  # every option is a real constructor option
+
+
+@pytest.mark.parametrize("experiment", sorted(p.stem for p in (CONF / "experiment").glob("*.yaml")))
+def test_every_preset_composes_with_each_of_its_variants(hydra_conf, experiment):
+    params = _sweep_params(experiment)
+    assert str(compose(config_name="config", overrides=[f"experiment={experiment}"]).resolution)
+    for v in str(params.get("variant", "")).split(",") if "variant" in params else []:
+        cfg = compose(config_name="config", overrides=[f"experiment={experiment}", f"variant={v}"],
+                      return_hydra_config=True)
+        assert cfg.hydra.sweep.dir == f"results/sweeps/{experiment}", "presets need a stable sweep dir to resume"
+        assert cfg.resume is True and cfg.variant == v
+
+
+def test_paper_preset_covers_the_papers_baselines():
+    p = _sweep_params("paper_speedup")
+    assert set(p["variant"].split(",")) >= {"vanilla_lepe", "sdpa_flash", "sdpa_cudnn", "efficient_linear", "swin",
+                                            "cswin", "neighborhood", "elfatt"}
+    assert p["resolution"] == "224,384,512,768,1024,1536,2048,3072,4096"
+    assert set(p["precision"].split(",")) == {"fp16", "bf16"}
+    assert set(p["workload"].split(",")) == {"op", "layer", "model"}
+
+
+def test_count_jobs_follows_the_basic_sweeper():
+    params = {"variant": "a,b,c", "resolution": "1,2"}
+    assert sweep.count_jobs(params, []) == 6
+    assert sweep.count_jobs(params, ["resolution=5", "dim=8"]) == 3  # command line replaces a param
+    assert sweep.count_jobs({}, ["workload=op,layer", "precision=fp32,bf16"]) == 4
+
+
+def _case(hydra_conf, *extra):
+    cfg = compose(config_name="config", overrides=TINY + ["attention=vanilla", "resolution=64", *extra])
+    hw = runner.validate(cfg)
+    module = runner.build_attention(cfg, hw)
+    device = torch.device("cpu")
+    from suite.device import environment, resolve_precision
+
+    precision = resolve_precision("fp32", device)
+    base = runner.base_fields(cfg, hw, device, precision.name, environment(device))
+    return cfg, module, hw, device, precision, base
+
+
+def test_skip_estimate_tiny_limit(hydra_conf):
+    cfg, module, hw, device, precision, base = _case(hydra_conf, "memory_limit_mib=0.001")
+    row = sweep.skip_record(cfg, module, hw, device, precision, base)
+    assert row is not None and row.status == "skipped"
+    assert "memory_estimate" in row.reason and "memory_limit_mib" in row.reason
+    cfg, module, hw, device, precision, base = _case(hydra_conf, "memory_limit_mib=1000")
+    assert sweep.skip_record(cfg, module, hw, device, precision, base) is None
+    cfg, module, hw, device, precision, base = _case(hydra_conf, "memory_limit_mib=0.001", "skip_unfit=false")
+    assert sweep.skip_record(cfg, module, hw, device, precision, base) is None
+
+
+def test_skip_estimate_against_this_machines_ram(hydra_conf):
+    """Vanilla attention at 8192 px (N = 262144, 12 heads) needs > 6 TB of scores: never fits in RAM."""
+    cfg, _, _, device, precision, base = _case(hydra_conf)
+    big = A.create_attention("vanilla", 768, 12)
+    hw = (512, 512)
+    assert big.memory_estimate(1, hw, 4) > 6e12
+    row = sweep.skip_record(cfg, big, hw, device, precision, base)
+    assert row is not None and "MemAvailable" in row.reason
+    assert sweep.available_bytes(device)[0] > 0
+
+
+def test_resume_finds_only_ok_rows_of_the_same_settings(hydra_conf, tmp_path):
+    cfg, _, _, _, _, base = _case(hydra_conf, "resume=true")
+    base = dict(base, config=OmegaConf.to_yaml(cfg, resolve=True))
+    old = tmp_path / "resolution=64"
+    write_records([Record(**base, status="oom", reason="earlier")], old)
+    assert sweep.resumed_records(cfg, tmp_path) == []  # not ok: measure again
+    write_records([Record(**base, status="ok", latency_ms_p50=1.5)], old)
+    assert [r.latency_ms_p50 for r in sweep.resumed_records(cfg, tmp_path)] == [1.5]
+    cfg_off, *_ = _case(hydra_conf, "resume=false")  # resume off: always measure
+    assert sweep.resumed_records(cfg_off, tmp_path) == []
+    other, *_ = _case(hydra_conf, "resume=true", "seed=1")  # other settings: another case
+    assert sweep.resumed_records(other, tmp_path) == []
+    write_records([Record(**dict(base, device_name="another CPU"), status="ok")], old)
+    assert sweep.resumed_records(cfg, tmp_path) == []  # measured on another device
+
+
+def test_oom_while_measuring_is_a_row(hydra_conf, tmp_path, monkeypatch):
+    cfg, *_ = _case(hydra_conf)
+
+    def oom(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 64.00 GiB (simulated)")
+
+    monkeypatch.setattr(runner, "prepare", oom)
+    rows = runner.run_job(cfg, tmp_path)
+    assert [r.status for r in rows] == ["oom"] and "Tried to allocate" in rows[0].reason
+    assert pd.read_parquet(tmp_path / "records.parquet")["status"].tolist() == ["oom"]
+
+
+def test_failed_record_keeps_the_reason_and_traceback(hydra_conf, tmp_path):
+    cfg, *_ = _case(hydra_conf)
+    try:
+        raise KeyError("no such thing")
+    except KeyError as e:
+        row = sweep.failed_record(cfg, e, tmp_path)
+    assert row.status == "error" and "KeyError" in row.reason
+    assert "no such thing" in (tmp_path / "error.log").read_text()
+
+
+def run_in_process() -> None:
+    """Execute run.py as ``__main__`` in this process, exactly like ``python run.py``
+    (Hydra then finds conf/ next to it, and monkeypatches apply to the jobs)."""
+    spec = importlib.util.spec_from_file_location("__main__", ROOT / "run.py")
+    spec.loader.exec_module(importlib.util.module_from_spec(spec))
+
+
+def test_exception_outside_measuring_becomes_a_row_and_the_sweep_goes_on(tmp_path, monkeypatch):
+    """In-process multirun (basic launcher): job 2 of 2 raises in environment(); both rows exist."""
+    real = runner.environment
+    calls = []
+
+    def flaky(device):
+        calls.append(device)
+        if len(calls) == 1:
+            raise RuntimeError("simulated failure outside measure_case")
+        return real(device)
+
+    monkeypatch.setattr(runner, "environment", flaky)
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setattr(sys, "argv", ["run.py", "-m", *TINY, "attention=vanilla", "resolution=32,64",
+                                      f"hydra.sweep.dir={tmp_path}", "hydra.callbacks.sweep.report=false"])
+    GlobalHydra.instance().clear()
+    run_in_process()
+    GlobalHydra.instance().clear()
+    rows = pd.concat([pd.read_parquet(f) for f in sorted(tmp_path.rglob("records.parquet"))])
+    assert sorted(rows["status"]) == ["error", "ok"]
+    assert "simulated failure" in rows.loc[rows["status"] == "error", "reason"].iloc[0]
+    statuses = [json.loads(f.read_text())["statuses"] for f in tmp_path.rglob("job_status.json")]
+    assert sorted(s[0] for s in statuses) == ["error", "ok"]
+
+
+def test_pin_local_gpu(monkeypatch):
+    monkeypatch.setenv("SUBMITIT_EXECUTOR", "local")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3")
+    assert pin_local_gpu(6) == "2" and os.environ["CUDA_VISIBLE_DEVICES"] == "2"
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    assert pin_local_gpu(6) is None  # one GPU: nothing to spread
+    monkeypatch.setenv("SUBMITIT_EXECUTOR", "slurm")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    assert pin_local_gpu(1) is None  # Slurm assigns the GPU itself
+
+
+def _run(*args, timeout=240):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HYDRA_FULL_ERROR": "1"}
+    return subprocess.run([sys.executable, str(ROOT / "run.py"), *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.slow
+def test_smoke_sweep_end_to_end_then_resume(tmp_path):
+    t0 = time.perf_counter()
+    p = _run("-m", "experiment=smoke", f"hydra.sweep.dir={tmp_path}")
+    took = time.perf_counter() - t0
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert took < 60, f"smoke sweep took {took:.0f} s"
+    df = pd.read_parquet(tmp_path / "results.parquet")
+    assert len(df) == 16 and (df["status"] == "ok").all()
+    assert df["speedup_vs_vanilla"].notna().sum() >= 12
+    report = tmp_path / "report"
+    assert (report / "report.md").exists() and len(list(report.glob("*.png"))) >= 4
+    assert "16/16 done" in p.stdout and "sweep finished" in p.stdout
+    # The same sweep again, narrowed to two of its cases: both are resumed, not measured.
+    case_dir = tmp_path / "resolution=64,variant=elfatt,workload=op"  # one folder per case
+    before = pd.read_parquet(case_dir / "records.parquet")
+    p = _run("-m", "experiment=smoke", "variant=elfatt", "resolution=64", f"hydra.sweep.dir={tmp_path}",
+             "hydra.callbacks.sweep.report=false")
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert p.stdout.count("[resume] ok row for this case already in") == 2
+    after = pd.read_parquet(case_dir / "records.parquet")
+    assert after["timestamp"].tolist() == before["timestamp"].tolist()
+    assert len(list(tmp_path.rglob("records.parquet"))) == 16
+
+
+@pytest.mark.slow
+def test_submitit_local_launcher_on_cpu(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="pip install hydra-submitit-launcher")
+    p = _run("-m", "experiment=smoke", "variant=elfatt", "resolution=64", "workload=op,layer",
+             "hydra/launcher=local_gpus", "hydra.launcher.gpus_per_node=0", "hydra.launcher.timeout_min=5",
+             f"hydra.sweep.dir={tmp_path}", "hydra.callbacks.sweep.report=false", "resume=false")
+    assert p.returncode == 0, p.stderr[-3000:]
+    rows = pd.concat([pd.read_parquet(f) for f in tmp_path.rglob("records.parquet")])
+    assert sorted(rows["workload"]) == ["layer", "op"] and (rows["status"] == "ok").all()
+    assert "2/2 done" in p.stdout  # the launching process saw both jobs finish
+    assert (tmp_path / "results.parquet").exists()
