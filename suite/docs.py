@@ -1,17 +1,23 @@
-"""The README's attention table, generated from the registry.
+"""The README's generated tables: attentions (from the registry) and settings
+(from the typed config). A test fails when the README is stale.
 
-``python -m suite.docs`` prints it; ``python -m suite.docs --write`` replaces
-the table between the markers in README.md. A test fails when they differ.
+``python -m suite.docs`` prints both; ``python -m suite.docs --write``
+replaces them between their markers in README.md.
 """
 from __future__ import annotations
 
+import inspect
 import sys
 from pathlib import Path
 
 import attentions
 
-BEGIN, END = "<!-- attention-table:begin -->", "<!-- attention-table:end -->"
+from .config import settings_help
+from .sweep.callbacks import KNOBS, SweepCallback
+from .workloads import get_workload, list_workloads
+
 README = Path(__file__).resolve().parents[1] / "README.md"
+MARKERS = {"attention-table": "attention_table", "settings-table": "settings_table"}
 
 
 def attention_table() -> str:
@@ -22,19 +28,39 @@ def attention_table() -> str:
     return "\n".join(rows)
 
 
-def readme_table(text: str) -> str:
-    start, end = text.index(BEGIN) + len(BEGIN), text.index(END)
+def settings_table() -> str:
+    rows = ["| setting | default | meaning |", "|---|---|---|"]
+    rows.append(f"| `workload` | `layer` | {', '.join(f'`{w}`' for w in list_workloads())} "
+                f"(conf/workload/; each registered in suite/workloads/) |")
+    for key, default, text in settings_help():
+        rows.append(f"| `{key}` | `{default}` | {text} |")
+    params = inspect.signature(SweepCallback.__init__).parameters
+    for name, text in KNOBS.items():
+        default = str(params[name].default).lower() if isinstance(params[name].default, bool) else params[name].default
+        rows.append(f"| `hydra.callbacks.sweep.{name}` | `{default}` | {text} |")
+    return "\n".join(rows)
+
+
+def _bounds(text: str, marker: str) -> tuple[int, int]:
+    begin, end = f"<!-- {marker}:begin -->", f"<!-- {marker}:end -->"
+    return text.index(begin) + len(begin), text.index(end)
+
+
+def readme_table(text: str, marker: str = "attention-table") -> str:
+    start, end = _bounds(text, marker)
     return text[start:end].strip()
 
 
 def write_readme(path: Path = README) -> None:
     text = path.read_text()
-    start, end = text.index(BEGIN) + len(BEGIN), text.index(END)
-    path.write_text(text[:start] + "\n" + attention_table() + "\n" + text[end:])
+    for marker, fn in MARKERS.items():
+        start, end = _bounds(text, marker)
+        text = text[:start] + "\n" + globals()[fn]() + "\n" + text[end:]
+    path.write_text(text)
 
 
 if __name__ == "__main__":
     if "--write" in sys.argv:
         write_readme()
     else:
-        print(attention_table())
+        print(attention_table(), settings_table(), sep="\n\n")

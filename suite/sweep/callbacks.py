@@ -152,6 +152,14 @@ class SweepTracker:
         print(f"sweep finished: {self.summary()}, {time.time() - self.start:.0f} s", flush=True)
 
 
+# The callback's settings (``hydra.callbacks.sweep.<name>``), for the README's settings table.
+KNOBS = {
+    "report": "after a multirun, write the figures and report.md (false: merge the rows only)",
+    "progress": "show a live progress bar in a terminal (the one line per job stays)",
+    "poll_s": "seconds between reads of the jobs' status files",
+}
+
+
 class SweepCallback(Callback):
     """Progress and per-job lines during a multirun; collect + report after it."""
 

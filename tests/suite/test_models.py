@@ -1,18 +1,16 @@
-"""Backbones (suite/models.py) and the model workload (suite/model_workload.py), on tiny settings."""
+"""Backbones (suite/models) and the model workload (suite/workloads/model.py), on tiny settings."""
 import math
 from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose
 from omegaconf import OmegaConf
 
 import attentions as A
 from suite import models as M
-from suite.config import BadInput
+from suite.config import BadInput, ModelConfig
 from suite.measure import count_flops
-from suite.model_config import ModelConfig
-from suite.model_workload import fidelity, resolve_plan
+from suite.workloads.model import fidelity, resolve_plan
 
 ROOT = Path(__file__).resolve().parents[2]
 CONF = ROOT / "conf"
@@ -178,14 +176,11 @@ def test_fidelity_is_perfect_for_exact_attention_and_not_for_elfatt():
     assert math.isfinite(el["fidelity_feat_cos"]) and len(el["fidelity_layers"]) > 2
 
 
-def test_model_workload_end_to_end(hydra_conf, tmp_path):
-    from suite import runner
-
-    cfg = compose(config_name="config", overrides=[
+def test_model_workload_end_to_end(run_job, tmp_path):
+    (rec,) = run_job([
         "workload=model", "model=swin_t", "attention=elfatt", "resolution=64", "device=cpu", "batch_size=2",
         "model.embed_dim=24", "model.depths=[1,1,1,1]", "model.fidelity_images=2", "warmup=1", "repeats=2",
-        "min_time_s=0.01"])
-    (rec,) = runner.run_job(cfg, tmp_path)
+        "min_time_s=0.01"], tmp_path)
     assert rec.status == "ok", rec.reason
     assert rec.model == "swin_t" and rec.workload == "model" and rec.dim == 24 and rec.heads == 3
     assert rec.patch_size == 4 and rec.tokens == 16 * 16 and rec.params > 0
@@ -193,6 +188,5 @@ def test_model_workload_end_to_end(hydra_conf, tmp_path):
     assert rec.throughput_per_s > 0 and math.isfinite(rec.attn_latency_share)
     assert 0 <= rec.fidelity_top1_agree <= 1 and math.isfinite(rec.fidelity_layer_rel_err_mean)
     assert (tmp_path / "records.csv").exists()
-    bad = compose(config_name="config", overrides=["workload=model", "model=swin_t", "resolution=100"])
     with pytest.raises(BadInput, match="valid resolutions"):
-        runner.run_job(bad, tmp_path)
+        run_job(["workload=model", "model=swin_t", "resolution=100"], tmp_path)

@@ -1,12 +1,10 @@
-"""Generated proxy datasets (suite/proxy_data.py) and the train_proxy task (suite/train_proxy.py)."""
+"""Generated proxy datasets (suite/workloads/proxy_data.py) and the train_proxy workload."""
 import math
 from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose
-
-from suite import proxy_data as P
+from suite.workloads import proxy_data as P
 from suite.config import BadInput
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
@@ -87,7 +85,7 @@ def test_listops_grid_side_must_be_square():
         P.square_side(130)
 
 
-TINY = ["task=train_proxy", "model=vit_t", "device=cpu", "model.embed_dim=24", "proxy.max_blocks=1",
+TINY = ["workload=train_proxy", "model=vit_t", "device=cpu", "model.embed_dim=24", "proxy.max_blocks=1",
         "proxy.steps=4", "proxy.batch_size=8", "proxy.train_size=40", "proxy.test_size=20", "proxy.warmup_steps=2"]
 
 
@@ -98,34 +96,28 @@ TINY = ["task=train_proxy", "model=vit_t", "device=cpu", "model.embed_dim=24", "
     ("match", ["proxy.image_size=32", "model=swin_t"]),  # hierarchical: 8x8 -> 1x1 grids
     ("listops", ["proxy.seq_len=64", "proxy.max_depth=2", "model=cswin_t", "model.embed_dim=16"]),
 ])
-def test_train_proxy_end_to_end(hydra_conf, tmp_path, task, extra):
-    from suite import runner
-
-    cfg = compose(config_name="config", overrides=[*TINY, f"proxy={task}", "attention=elfatt", *extra])
-    (rec,) = runner.run_job(cfg, tmp_path)
+def test_train_proxy_end_to_end(run_job, tmp_path, task, extra, capsys):
+    (rec,) = run_job([*TINY, f"proxy={task}", "attention=elfatt", *extra], tmp_path)
     assert rec.status == "ok", rec.reason
     assert rec.proxy_task == task and rec.proxy_steps == 4 and rec.proxy_eval_items == 20
     assert 0 <= rec.proxy_top1 <= 1 and rec.proxy_steps_per_s > 0 and rec.proxy_wall_s > 0
-    assert math.isfinite(rec.proxy_train_loss) and rec.model == cfg.model.name and rec.workload == "train_proxy"
+    model = next((e.split("=")[1] for e in extra if e.startswith("model=")), "vit_t")
+    assert math.isfinite(rec.proxy_train_loss) and rec.model == model and rec.workload == "train_proxy"
     assert (tmp_path / "records.parquet").exists()
+    assert "[train_proxy] step 4/4 loss" in capsys.readouterr().out  # progress while it trains
 
 
-def test_train_proxy_is_deterministic(hydra_conf, tmp_path):
-    from suite import runner
-
-    cfg = compose(config_name="config", overrides=[*TINY, "proxy.image_size=24", "attention=sdpa"])
-    a = runner.run_job(cfg, tmp_path / "a")[0]
-    b = runner.run_job(cfg, tmp_path / "b")[0]
+def test_train_proxy_is_deterministic(run_job, tmp_path):
+    a = run_job([*TINY, "proxy.image_size=24", "attention=sdpa"], tmp_path / "a")[0]
+    b = run_job([*TINY, "proxy.image_size=24", "attention=sdpa"], tmp_path / "b")[0]
     assert a.proxy_train_loss == b.proxy_train_loss and a.proxy_top1 == b.proxy_top1
 
 
-def test_train_proxy_bad_settings_are_one_clear_line(hydra_conf, tmp_path):
-    from suite import runner
-
+def test_train_proxy_bad_settings_are_one_clear_line(run_job, tmp_path):
     for overrides, match in [(["proxy=listops", "proxy.seq_len=50"], "not a square number"),
-                             (["proxy.task=mnist"], "valid tasks: match, pathfinder, listops"),
+                             (["proxy.task=mnist"], "valid choices: match, pathfinder, listops"),
                              (["proxy.max_blocks=0"], "max_blocks=0 must be a positive integer"),
+                             (["proxy.steps=-3"], "proxy.steps=-3 is not valid; valid: a positive number"),
                              (["proxy.image_size=30"], "valid resolutions")]:
-        cfg = compose(config_name="config", overrides=[*TINY, *overrides])
         with pytest.raises(BadInput, match=match):
-            runner.run_job(cfg, tmp_path)
+            run_job([*TINY, *overrides], tmp_path)

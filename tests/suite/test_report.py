@@ -14,13 +14,16 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def row(attention="vanilla", options=None, device_name="GPU-A", device="cuda", dtype="fp16", workload="layer",
-        resolution=1024, status="ok", latency=None, timestamp="2026-01-01T00:00:00+00:00", **extra) -> Record:
+        resolution=1024, status="ok", latency=None, timestamp="2026-01-01T00:00:00+00:00", variant=None,
+        **extra) -> Record:
     options = {"lepe": True} if options is None and attention == "vanilla" else (options or {})
+    variant = variant or {("vanilla", True): "vanilla_lepe", ("sdpa", "flash"): "sdpa_flash"}.get(
+        (attention, options.get("lepe", options.get("impl"))), attention)
     g = resolution // 16
     ok = status == "ok"
     lat = latency if latency is not None else 1.0
     return Record(
-        attention=attention, workload=workload, resolution=resolution, patch_size=16, grid_h=g, grid_w=g,
+        attention=attention, variant=variant, workload=workload, resolution=resolution, patch_size=16, grid_h=g, grid_w=g,
         tokens=g * g, batch_size=1, dim=768, heads=12, dtype=dtype, device=device, device_name=device_name,
         attention_options=json.dumps(options, sort_keys=True), status=status,
         reason="" if ok else f"{status}: synthetic", latency_ms_p50=lat if ok else math.nan,
@@ -32,14 +35,7 @@ def row(attention="vanilla", options=None, device_name="GPU-A", device="cuda", d
     )
 
 
-SDPA_FLASH = {"backend": "flash"}
-
-
-def test_variant_labels_show_only_non_default_options():
-    assert C.variant_label("vanilla", {"lepe": True, "qkv_bias": True}) == "vanilla[lepe=true]"
-    assert C.variant_label("sdpa", {"backend": "flash", "lepe": False, "qkv_bias": True}) == "sdpa[backend=flash]"
-    assert C.variant_label("elfatt", {}) == "elfatt"
-    assert C.variant_label("not_registered", {"x": 1}) == "not_registered[x=1]"
+SDPA_FLASH = {"impl": "flash"}
 
 
 def test_speedup_against_the_same_case_on_the_same_device(tmp_path):
@@ -52,12 +48,12 @@ def test_speedup_against_the_same_case_on_the_same_device(tmp_path):
     by = df.set_index(["variant", "resolution", "dtype"])
     assert by.loc[("elfatt", 1024, "fp16"), "speedup_vs_vanilla"] == pytest.approx(5.0)
     assert by.loc[("elfatt", 1024, "fp16"), "speedup_vs_flash"] == pytest.approx(2.0)
-    assert by.loc[("vanilla[lepe=true]", 1024, "fp16"), "speedup_vs_vanilla"] == pytest.approx(1.0)
+    assert by.loc[("vanilla_lepe", 1024, "fp16"), "speedup_vs_vanilla"] == pytest.approx(1.0)
     assert math.isnan(by.loc[("elfatt", 2048, "fp16"), "speedup_vs_vanilla"])
     assert math.isnan(by.loc[("elfatt", 1024, "bf16"), "speedup_vs_vanilla"])
-    assert math.isnan(by.loc[("vanilla[lepe=true]", 2048, "fp16"), "speedup_vs_vanilla"])
-    assert set(df["baseline_vanilla"]) == {"vanilla[lepe=true]"}
-    assert set(df["baseline_flash"]) == {"sdpa[backend=flash]"}
+    assert math.isnan(by.loc[("vanilla_lepe", 2048, "fp16"), "speedup_vs_vanilla"])
+    assert set(df["baseline_vanilla"]) == {"vanilla_lepe"}
+    assert set(df["baseline_flash"]) == {"sdpa_flash"}
     assert (tmp_path / "a" / "results.csv").exists()
 
 
@@ -127,7 +123,7 @@ def test_report_writes_every_figure_and_lists_missing_cases(tmp_path):
     text = path.read_text()
     assert "GPU-A" in text and "## Cases not measured" in text
     assert "skipped: synthetic" in text and "invalid: synthetic" in text
-    assert "| vanilla[lepe=true] | 2 | 40 | skipped |" in text  # the table says why a cell is empty
+    assert "| vanilla_lepe | 2 | 40 | skipped |" in text  # the table says why a cell is empty
 
 
 def test_missing_cases_are_drawn_as_x_at_the_top(tmp_path):

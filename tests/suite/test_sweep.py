@@ -1,4 +1,4 @@
-"""Sweeps: presets and variants compose, resume, skip-before-launch, failures as rows, submitit."""
+"""Sweeps: presets compose, resume, skip-before-launch, failures as rows, submitit."""
 import importlib.util
 import json
 import os
@@ -12,12 +12,17 @@ import pytest
 import torch
 from hydra import compose
 from hydra.core.global_hydra import GlobalHydra
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
 
 import attentions as A
-from suite import runner, sweep
-from suite.callbacks import pin_local_gpu
-from suite.records import Record, write_records
+from suite import job as job_module
+from suite.device import environment, resolve_precision
+from suite.job import make_job
+from suite.records import Record, base_fields, write_records
+from suite.sweep.callbacks import pin_local_gpu
+from suite.sweep.resume import available_bytes, count_jobs, resumed_record, skip_reason
+from suite.workloads import get_workload
+from suite.workloads.single import SingleAttention
 
 ROOT = Path(__file__).resolve().parents[2]
 CONF = ROOT / "conf"
@@ -30,111 +35,97 @@ def _sweep_params(experiment: str) -> dict:
     return dict(OmegaConf.create(text).hydra.sweeper.params)
 
 
-@pytest.mark.parametrize("variant", sorted(p.stem for p in (CONF / "variant").glob("*.yaml")))
-def test_every_variant_composes_and_builds(hydra_conf, variant):
-    cfg = compose(config_name="config", overrides=[f"variant={variant}"])
-    opts = OmegaConf.to_container(cfg.attention)
-    name = opts.pop("name")
-    assert name in A.list_attentions()
-    A.create_attention(name, 64, 4, **opts)  # every option is a real constructor option
-
-
 @pytest.mark.parametrize("experiment", sorted(p.stem for p in (CONF / "experiment").glob("*.yaml")))
-def test_every_preset_composes_with_each_of_its_variants(hydra_conf, experiment):
+def test_every_preset_composes_with_each_of_its_attentions(hydra_conf, experiment):
     params = _sweep_params(experiment)
     assert str(compose(config_name="config", overrides=[f"experiment={experiment}"]).resolution)
-    for v in str(params.get("variant", "")).split(",") if "variant" in params else []:
-        cfg = compose(config_name="config", overrides=[f"experiment={experiment}", f"variant={v}"],
-                      return_hydra_config=True)
+    for v in str(params.get("attention", "")).split(","):
+        overrides = [f"experiment={experiment}"] + ([f"attention={v}"] if v else [])
+        cfg = compose(config_name="config", overrides=overrides, return_hydra_config=True)
         assert cfg.hydra.sweep.dir == f"results/sweeps/{experiment}", "presets need a stable sweep dir to resume"
-        assert cfg.resume is True and cfg.variant == v
+        assert cfg.resume is True
+        opts = {k: val for k, val in OmegaConf.to_container(cfg.attention).items() if k != "name"}
+        A.create_attention(cfg.attention.name, 64, 4, **opts)  # every option is a real constructor option
 
 
 def test_paper_preset_covers_the_papers_baselines():
     p = _sweep_params("paper_speedup")
-    assert set(p["variant"].split(",")) >= {"vanilla_lepe", "sdpa_flash", "sdpa_cudnn", "efficient_linear", "swin",
-                                            "cswin", "neighborhood", "elfatt"}
+    assert set(p["attention"].split(",")) >= {"vanilla_lepe", "sdpa_flash", "sdpa_cudnn", "efficient_linear", "swin",
+                                              "cswin_stripe8", "neighborhood", "elfatt"}
     assert p["resolution"] == "224,384,512,768,1024,1536,2048,3072,4096"
     assert set(p["precision"].split(",")) == {"fp16", "bf16"}
     assert set(p["workload"].split(",")) == {"op", "layer", "model"}
 
 
 def test_count_jobs_follows_the_basic_sweeper():
-    params = {"variant": "a,b,c", "resolution": "1,2"}
-    assert sweep.count_jobs(params, []) == 6
-    assert sweep.count_jobs(params, ["resolution=5", "dim=8"]) == 3  # command line replaces a param
-    assert sweep.count_jobs({}, ["workload=op,layer", "precision=fp32,bf16"]) == 4
+    params = {"attention": "a,b,c", "resolution": "1,2"}
+    assert count_jobs(params, []) == 6
+    assert count_jobs(params, ["resolution=5", "dim=8"]) == 3  # command line replaces a param
+    assert count_jobs({}, ["workload=op,layer", "precision=fp32,bf16"]) == 4
 
 
-def _case(hydra_conf, *extra):
-    cfg = compose(config_name="config", overrides=TINY + ["attention=vanilla", "resolution=64", *extra])
-    hw = runner.validate(cfg)
-    module = runner.build_attention(cfg, hw)
+def _job(hydra_conf, *extra, run_dir="."):
+    overrides = TINY + ["attention=vanilla", "resolution=64", *extra]
+    cfg = compose(config_name="config", overrides=overrides, return_hydra_config=True)
+    choice = cfg.hydra.runtime.choices.attention
+    with open_dict(cfg):
+        del cfg["hydra"]
+    job = make_job(cfg, run_dir, choice=choice, overrides=overrides)
+    wl = get_workload("layer")
+    case = wl.describe(job)
     device = torch.device("cpu")
-    from suite.device import environment, resolve_precision
-
     precision = resolve_precision("fp32", device)
-    base = runner.base_fields(cfg, hw, device, precision.name, environment(device))
-    return cfg, module, hw, device, precision, base
+    base = base_fields(job, dict(case.identity), device, precision.name, environment(device))
+    return job, wl, case, device, precision, base
 
 
 def test_skip_estimate_tiny_limit(hydra_conf):
-    cfg, module, hw, device, precision, base = _case(hydra_conf, "memory_limit_mib=0.001")
-    row = sweep.skip_record(cfg, module, hw, device, precision, base)
-    assert row is not None and row.status == "skipped"
-    assert "memory_estimate" in row.reason and "memory_limit_mib" in row.reason
-    cfg, module, hw, device, precision, base = _case(hydra_conf, "memory_limit_mib=1000")
-    assert sweep.skip_record(cfg, module, hw, device, precision, base) is None
-    cfg, module, hw, device, precision, base = _case(hydra_conf, "memory_limit_mib=0.001", "skip_unfit=false")
-    assert sweep.skip_record(cfg, module, hw, device, precision, base) is None
+    job, wl, case, device, precision, _ = _job(hydra_conf, "memory_limit_mib=0.001")
+    reason = skip_reason(job, wl, case, device, precision)
+    assert "memory_estimate" in reason and "memory_limit_mib" in reason
+    assert skip_reason(*_job(hydra_conf, "memory_limit_mib=1000")[:5]) == ""
+    assert skip_reason(*_job(hydra_conf, "memory_limit_mib=0.001", "skip_unfit=false")[:5]) == ""
 
 
 def test_skip_estimate_against_this_machines_ram(hydra_conf):
     """Vanilla attention at 8192 px (N = 262144, 12 heads) needs > 6 TB of scores: never fits in RAM."""
-    cfg, _, _, device, precision, base = _case(hydra_conf)
-    big = A.create_attention("vanilla", 768, 12)
-    hw = (512, 512)
-    assert big.memory_estimate(1, hw, 4) > 6e12
-    row = sweep.skip_record(cfg, big, hw, device, precision, base)
-    assert row is not None and "MemAvailable" in row.reason
-    assert sweep.available_bytes(device)[0] > 0
+    job, wl, case, device, precision, _ = _job(hydra_conf, "dim=768", "heads=12", "resolution=8192")
+    assert case.data.memory_estimate(1, (512, 512), 4) > 6e12
+    assert "MemAvailable" in skip_reason(job, wl, case, device, precision)
+    assert available_bytes(device)[0] > 0
 
 
 def test_resume_finds_only_ok_rows_of_the_same_settings(hydra_conf, tmp_path):
-    cfg, _, _, _, _, base = _case(hydra_conf, "resume=true")
-    base = dict(base, config=OmegaConf.to_yaml(cfg, resolve=True))
+    job, *_, base = _job(hydra_conf, "resume=true", run_dir=tmp_path)
     old = tmp_path / "resolution=64"
     write_records([Record(**base, status="oom", reason="earlier")], old)
-    assert sweep.resumed_records(cfg, tmp_path) == []  # not ok: measure again
+    assert resumed_record(job, base) is None  # not ok: measure again
     write_records([Record(**base, status="ok", latency_ms_p50=1.5)], old)
-    assert [r.latency_ms_p50 for r in sweep.resumed_records(cfg, tmp_path)] == [1.5]
-    cfg_off, *_ = _case(hydra_conf, "resume=false")  # resume off: always measure
-    assert sweep.resumed_records(cfg_off, tmp_path) == []
-    other, *_ = _case(hydra_conf, "resume=true", "seed=1")  # other settings: another case
-    assert sweep.resumed_records(other, tmp_path) == []
-    write_records([Record(**dict(base, device_name="another CPU"), status="ok")], old)
-    assert sweep.resumed_records(cfg, tmp_path) == []  # measured on another device
+    assert resumed_record(job, base).latency_ms_p50 == 1.5
+    off, *_ = _job(hydra_conf, "resume=false", run_dir=tmp_path)  # resume off: always measure
+    assert resumed_record(off, base) is None
+    other, *_ = _job(hydra_conf, "resume=true", "seed=1", run_dir=tmp_path)  # other settings: another case
+    assert resumed_record(other, base) is None
+    assert resumed_record(job, dict(base, device_name="another CPU")) is None  # measured on another device
 
 
-def test_oom_while_measuring_is_a_row(hydra_conf, tmp_path, monkeypatch):
-    cfg, *_ = _case(hydra_conf)
-
+def test_oom_while_measuring_is_a_row(run_job, tmp_path, monkeypatch):
     def oom(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 64.00 GiB (simulated)")
 
-    monkeypatch.setattr(runner, "prepare", oom)
-    rows = runner.run_job(cfg, tmp_path)
+    monkeypatch.setattr(SingleAttention, "build", oom)
+    rows = run_job(TINY + ["attention=vanilla", "resolution=64"], tmp_path)
     assert [r.status for r in rows] == ["oom"] and "Tried to allocate" in rows[0].reason
     assert pd.read_parquet(tmp_path / "records.parquet")["status"].tolist() == ["oom"]
 
 
-def test_failed_record_keeps_the_reason_and_traceback(hydra_conf, tmp_path):
-    cfg, *_ = _case(hydra_conf)
-    try:
+def test_an_error_row_keeps_the_reason_and_traceback(run_job, tmp_path, monkeypatch):
+    def broken(*args, **kwargs):
         raise KeyError("no such thing")
-    except KeyError as e:
-        row = sweep.failed_record(cfg, e, tmp_path)
-    assert row.status == "error" and "KeyError" in row.reason
+
+    monkeypatch.setattr(SingleAttention, "build", broken)
+    (row,) = run_job(TINY + ["attention=vanilla", "resolution=64"], tmp_path)
+    assert row.status == "error" and "KeyError" in row.reason and "error.log" in row.reason
     assert "no such thing" in (tmp_path / "error.log").read_text()
 
 
@@ -146,8 +137,8 @@ def run_in_process() -> None:
 
 
 def test_exception_outside_measuring_becomes_a_row_and_the_sweep_goes_on(tmp_path, monkeypatch):
-    """In-process multirun (basic launcher): job 2 of 2 raises in environment(); both rows exist."""
-    real = runner.environment
+    """In-process multirun (basic launcher): job 1 of 2 raises in environment(); both rows exist."""
+    real = job_module.environment
     calls = []
 
     def flaky(device):
@@ -156,7 +147,7 @@ def test_exception_outside_measuring_becomes_a_row_and_the_sweep_goes_on(tmp_pat
             raise RuntimeError("simulated failure outside measure_case")
         return real(device)
 
-    monkeypatch.setattr(runner, "environment", flaky)
+    monkeypatch.setattr(job_module, "environment", flaky)
     monkeypatch.chdir(ROOT)
     monkeypatch.setattr(sys, "argv", ["run.py", "-m", *TINY, "attention=vanilla", "resolution=32,64",
                                       f"hydra.sweep.dir={tmp_path}", "hydra.callbacks.sweep.report=false"])
@@ -201,9 +192,9 @@ def test_smoke_sweep_end_to_end_then_resume(tmp_path):
     assert (report / "report.md").exists() and len(list(report.glob("*.png"))) >= 4
     assert "16/16 done" in p.stdout and "sweep finished" in p.stdout
     # The same sweep again, narrowed to two of its cases: both are resumed, not measured.
-    case_dir = tmp_path / "resolution=64,variant=elfatt,workload=op"  # one folder per case
+    case_dir = tmp_path / "attention=elfatt,resolution=64,workload=op"  # one folder per case
     before = pd.read_parquet(case_dir / "records.parquet")
-    p = _run("-m", "experiment=smoke", "variant=elfatt", "resolution=64", f"hydra.sweep.dir={tmp_path}",
+    p = _run("-m", "experiment=smoke", "attention=elfatt", "resolution=64", f"hydra.sweep.dir={tmp_path}",
              "hydra.callbacks.sweep.report=false")
     assert p.returncode == 0, p.stderr[-3000:]
     assert p.stdout.count("[resume] ok row for this case already in") == 2
@@ -215,7 +206,7 @@ def test_smoke_sweep_end_to_end_then_resume(tmp_path):
 @pytest.mark.slow
 def test_submitit_local_launcher_on_cpu(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="pip install hydra-submitit-launcher")
-    p = _run("-m", "experiment=smoke", "variant=elfatt", "resolution=64", "workload=op,layer",
+    p = _run("-m", "experiment=smoke", "attention=elfatt", "resolution=64", "workload=op,layer",
              "hydra/launcher=local_gpus", "hydra.launcher.gpus_per_node=0", "hydra.launcher.timeout_min=5",
              f"hydra.sweep.dir={tmp_path}", "hydra.callbacks.sweep.report=false", "resume=false")
     assert p.returncode == 0, p.stderr[-3000:]
