@@ -1,12 +1,16 @@
 """Entry point: ``python run.py attention=elfatt resolution=1024`` (Hydra).
 
-Thin by design: compose the config, hand it to ``suite.job.main``.
+Thin by design: check the command line (one line and exit 2 on bad input),
+compose the config, hand it to ``suite.job.main``.
 """
 from __future__ import annotations
+
+import sys
 
 import hydra
 from omegaconf import DictConfig
 
+from suite.cli import preflight
 from suite.config import register_configs
 
 
@@ -18,5 +22,10 @@ def main(cfg: DictConfig) -> list:
 
 
 if __name__ == "__main__":
-    register_configs()
-    main()
+    try:
+        register_configs()
+        preflight(sys.argv[1:])
+        main()
+    except KeyboardInterrupt:  # before or between jobs; a job marks its own case
+        print("interrupted (Ctrl-C); rows written before are kept", file=sys.stderr)
+        sys.exit(130)

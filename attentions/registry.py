@@ -7,6 +7,8 @@ the registry is complete as soon as ``attentions`` is imported.
 from __future__ import annotations
 
 import inspect
+import typing
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch.nn as nn
@@ -65,9 +67,24 @@ def attention_options(name: str) -> dict[str, object]:
     }
 
 
-def create_attention(name: str, dim: int, num_heads: int, **kwargs) -> nn.Module:
-    """Build the attention ``name``. Unknown names and options fail with the valid choices."""
-    info = attention_info(name)
+_KINDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string", dict: "a mapping"}
+
+
+def _accepts(kind: type, value) -> bool:
+    if kind is bool:
+        return isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is dict:
+        return isinstance(value, Mapping)
+    return isinstance(value, kind)
+
+
+def check_options(name: str, **kwargs) -> None:
+    """ValueError naming the first unknown option, or the first value of the wrong type
+    (from the constructor's annotations), with the valid choices."""
     valid = attention_options(name)
     unknown = sorted(set(kwargs) - set(valid))
     if unknown:
@@ -75,4 +92,20 @@ def create_attention(name: str, dim: int, num_heads: int, **kwargs) -> nn.Module
             f"attention {name!r} has no option {', '.join(map(repr, unknown))}; "
             f"valid options: {', '.join(sorted(valid)) or '(none)'}"
         )
+    hints = typing.get_type_hints(attention_info(name).cls.__init__)
+    for key, value in kwargs.items():
+        hint = hints.get(key)
+        kinds = [k for k in typing.get_args(hint) or (hint,) if k in _KINDS or k is type(None)]
+        if not kinds or any(k is type(None) and value is None or k is not type(None) and _accepts(k, value)
+                            for k in kinds):
+            continue
+        allowed = " or ".join(_KINDS.get(k, "null") for k in kinds)
+        raise ValueError(f"attention.{key}={value!r} is not valid for {name!r}; valid: {allowed}")
+
+
+def create_attention(name: str, dim: int, num_heads: int, **kwargs) -> nn.Module:
+    """Build the attention ``name``. Unknown names, unknown options and values of
+    the wrong type fail with the valid choices."""
+    info = attention_info(name)
+    check_options(name, **kwargs)
     return info.cls(dim, num_heads, **kwargs)

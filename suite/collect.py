@@ -25,11 +25,12 @@ from __future__ import annotations
 import argparse
 import math
 import re
+import sys
 from pathlib import Path
 
 import pandas as pd
 
-from .records import OPTIONAL_KEY, case_key, read_job_records, record_fields
+from .records import OPTIONAL_KEY, atomic_write, case_key, read_job_records, record_fields
 
 DERIVED = ("speedup_vs_vanilla", "speedup_vs_flash", "baseline_vanilla", "baseline_flash",
            "peak_tflops", "peak_gbps", "arith_intensity", "roofline_tflops", "frac_of_peak", "frac_of_roofline",
@@ -73,9 +74,32 @@ def device_peak(device_name: str, dtype: str) -> tuple[float, float]:
 
 
 # -- loading ------------------------------------------------------------------
-def _read_table(path: Path) -> pd.DataFrame:
+class TableError(ValueError):
+    """A results table that cannot be read (and has no readable CSV beside it)."""
+
+
+def _read(path: Path) -> pd.DataFrame:
     return pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path, keep_default_na=False,
                                                                                 na_values=[""])
+
+
+def read_table(path: Path, problems: list[str] | None = None) -> pd.DataFrame:
+    """A table file; an unreadable .parquet falls back to the .csv beside it (named in ``problems``)."""
+    try:
+        return _read(path)
+    except Exception as e:  # noqa: BLE001 - truncated, corrupt, not a table
+        why = f"{path}: {type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:200]}"
+    twin = path.with_suffix(".csv")
+    if path.suffix == ".parquet" and twin.exists():
+        try:
+            df = _read(twin)
+        except Exception:  # noqa: BLE001
+            pass
+        else:
+            if problems is not None:
+                problems.append(f"{why} (read {twin.name} instead)")
+            return df
+    raise TableError(f"cannot read {why}")
 
 
 def dedupe(df: pd.DataFrame) -> pd.DataFrame:
@@ -88,14 +112,15 @@ def dedupe(df: pd.DataFrame) -> pd.DataFrame:
     return order.drop_duplicates("_key").drop(columns=["_key", "_ok"]).sort_index().reset_index(drop=True)
 
 
-def load(paths: list[str | Path]) -> pd.DataFrame:
-    """The rows of every argument: directories deduplicated, tables taken as they are."""
+def load(paths: list[str | Path], problems: list[str] | None = None) -> pd.DataFrame:
+    """The rows of every argument: directories deduplicated, tables taken as they are.
+    Files that could not be read (or were read from their CSV twin) are named in ``problems``."""
     frames = []
     for p in map(Path, paths):
         if p.is_dir():
-            df = dedupe(read_job_records(p))
+            df = dedupe(read_job_records(p, problems))
         elif p.is_file():
-            df = _read_table(p)
+            df = read_table(p, problems)
         else:
             raise FileNotFoundError(f"{p}: no such directory or table")
         if not df.empty:
@@ -180,7 +205,7 @@ def load_tables(path: str | Path) -> pd.DataFrame:
     directory holding results.parquet files (all merged), or else job records."""
     p = Path(path)
     if p.is_file():
-        return derive(_read_table(p))
+        return derive(read_table(p))
     if not p.is_dir():
         raise FileNotFoundError(f"{p}: no such directory or table")
     tables = sorted(p.rglob("results.parquet"))
@@ -188,8 +213,9 @@ def load_tables(path: str | Path) -> pd.DataFrame:
 
 
 def collect(paths: list[str | Path], out_dir: str | Path | None = None,
-            baselines: dict[str, list[str]] | None = None) -> Path:
-    """Merge, derive, write results.parquet and results.csv in ``out_dir``; return the parquet path."""
+            baselines: dict[str, list[str]] | None = None, problems: list[str] | None = None) -> Path:
+    """Merge, derive, write results.parquet and results.csv in ``out_dir``; return the parquet path.
+    Every file that could not be read is named in ``problems`` (and its rows, where a CSV twin had them, kept)."""
     missing = [str(p) for p in paths if not Path(p).exists()]
     if missing:
         raise FileNotFoundError(f"{', '.join(missing)}: no such directory or table")
@@ -197,11 +223,11 @@ def collect(paths: list[str | Path], out_dir: str | Path | None = None,
         if len(paths) != 1 or not Path(paths[0]).is_dir():
             raise ValueError("several inputs (or a file): say where the merged table goes with --out DIR")
         out_dir = paths[0]
-    df = derive(load(paths), baselines)
+    df = derive(load(paths, problems), baselines)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    df.to_parquet(out / "results.parquet", index=False)
-    df.to_csv(out / "results.csv", index=False)
+    atomic_write(lambda p: df.to_parquet(p, index=False), out / "results.parquet")
+    atomic_write(lambda p: df.to_csv(p, index=False), out / "results.csv")
     return out / "results.parquet"
 
 
@@ -222,10 +248,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--baseline", action="append", default=[], metavar="NAME=PRESET",
                     help="speedup_vs_NAME against PRESET (default: vanilla=vanilla_lepe, flash=sdpa_flash)")
     args = ap.parse_args(argv)
+    problems: list[str] = []
     try:
-        path = collect(args.paths, args.out, _parse_baselines(args.baseline))
-    except (FileNotFoundError, ValueError) as e:
-        raise SystemExit(f"error: {e}") from None
+        path = collect(args.paths, args.out, _parse_baselines(args.baseline), problems)
+    except (FileNotFoundError, ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    for p in problems:
+        print(f"could not read: {p}")
     df = pd.read_parquet(path)
     counts = ", ".join(f"{n} {s}" for s, n in df["status"].value_counts().items())
     print(f"{len(df)} rows ({counts}) from {df['device_name'].nunique()} device(s) -> {path} and "

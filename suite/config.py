@@ -9,6 +9,7 @@ README's settings table (``python -m suite.docs``).
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import hashlib
 import re
 from dataclasses import dataclass, field
@@ -108,6 +109,12 @@ class RunConfig:
     repeats: int = setting(0, "timed calls; 0: enough to fill min_time_s, at least 5")
     min_time_s: float = setting(1.0, "seconds of timed calls when repeats=0")
     flush_l2: bool = setting(True, "CUDA: clear the L2 cache before each timed call (as do_bench does)")
+    timing: str = setting("eager", "eager: CUDA events (GPU) or perf_counter (CPU) per call; cuda_graph: replays of "
+                                   "the call captured as a CUDA graph; kernels: the sum of one call's GPU kernel times")
+    threads: int = setting(0, "torch CPU threads; 0: the CPUs in this process's affinity mask")
+    retries: int = setting(2, "a timing flagged noisy/contended/throttled is taken again up to this many times")
+    noise_pct: float = setting(20.0, "a p10-p90 spread above this % of the p50 flags the timing noisy")
+    contention_cores: float = setting(0.5, "other processes using this many CPU cores during timing flag it contended")
     seed: int = setting(0, "seeds the weights and the inputs")
     accuracy: bool = setting(True, "compute rel_err_vs_exact, rel_err_vs_fp64, cos_sim_vs_exact")
     accuracy_max_tokens: int = setting(16384, "above this many tokens the float64 references are skipped")
@@ -159,8 +166,32 @@ class Job:
     sweep_dir: Path | None = None  # the multirun folder, None in a single run
 
 
+GROUPS = ("attention", "workload", "precision", "device", "model", "proxy", "experiment")
+
+
+def unknown_key_line(key: str) -> str:
+    """One line for a setting that does not exist, with the closest one that does."""
+    names = [k for k, _, _ in settings_help()] + list(GROUPS)
+    close = difflib.get_close_matches(key, names, n=1)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    return f"unknown setting {key!r}{hint}; the settings are listed in the README's settings table"
+
+
+def unknown_settings(cfg: DictConfig) -> list[str]:
+    """Keys the composed config has that no setting names (a ``+key=value`` typo)."""
+    out = [k for k in cfg.keys() if k not in {f.name for f in dataclasses.fields(RunConfig)} | {"hydra"}]
+    for group, cls in (("model", ModelConfig), ("proxy", ProxyConfig)):
+        node = cfg.get(group)
+        if node is not None:
+            out += [f"{group}.{k}" for k in node.keys() if k not in {f.name for f in dataclasses.fields(cls)}]
+    return out
+
+
 def load(cfg: DictConfig) -> RunConfig:
-    """The composed config as a typed ``RunConfig`` (read once, at the entry)."""
+    """The composed config as a typed ``RunConfig`` (read once, at the entry). BadInput for an unknown key."""
+    unknown = unknown_settings(cfg)
+    if unknown:
+        raise BadInput(unknown_key_line(unknown[0]))
     typed = OmegaConf.to_object(cfg)
     if not isinstance(typed, RunConfig):  # composed without the schema (e.g. a bare compose in a notebook)
         base = OmegaConf.merge(OmegaConf.structured(RunConfig), cfg)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import platform
 import subprocess
 from dataclasses import dataclass
@@ -55,6 +56,18 @@ def dtype_unsupported_reason(device: torch.device, dtype: torch.dtype) -> str | 
     return None
 
 
+def available_bytes(device: torch.device) -> tuple[int, str]:
+    """Memory a case may use on ``device`` and where that number came from."""
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return int(free), "cuda free memory (torch.cuda.mem_get_info)"
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024, "MemAvailable in /proc/meminfo"
+    return 0, "unknown"
+
+
 def cpu_model() -> str:
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -97,8 +110,33 @@ def environment(device: torch.device) -> dict[str, object]:
     return env
 
 
+# NVML clock-event ("throttle") reason bits, and the ones that mean the GPU was held back.
+THROTTLE_REASONS = {0x1: "gpu_idle", 0x2: "applications_clocks_setting", 0x4: "sw_power_cap", 0x8: "hw_slowdown",
+                    0x10: "sync_boost", 0x20: "sw_thermal_slowdown", 0x40: "hw_thermal_slowdown",
+                    0x80: "hw_power_brake_slowdown", 0x100: "display_clock_setting"}
+HELD_BACK = ("sw_power_cap", "hw_slowdown", "sw_thermal_slowdown", "hw_thermal_slowdown", "hw_power_brake_slowdown")
+
+
+def nvml_ids(device: torch.device) -> list[str]:
+    """Ways to name this CUDA device to NVML, best first: its UUID, then its PCI
+    bus id. NVML ignores CUDA_VISIBLE_DEVICES, so a CUDA index would name another
+    GPU whenever that variable reorders or hides devices."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    props = torch.cuda.get_device_properties(index)
+    ids = []
+    uuid = str(getattr(props, "uuid", "") or "")
+    if uuid:
+        ids.append(("uuid", uuid if uuid.startswith("GPU-") else f"GPU-{uuid}"))
+    if getattr(props, "pci_bus_id", None) is not None:
+        domain = getattr(props, "pci_domain_id", 0)
+        ids.append(("pci", f"{domain:08X}:{props.pci_bus_id:02X}:{props.pci_device_id:02X}.0"))
+    return ids
+
+
 class Nvml:
-    """GPU clocks, power and energy through NVML, when there is a GPU and pynvml.
+    """GPU clocks, power, energy, throttle reasons and other processes through
+    NVML, when there is a GPU and pynvml. The device is found by UUID (or PCI
+    bus id), never by CUDA index.
 
     Every method returns {} / None rather than raising: these are annotations
     of a measurement, never a reason to lose it.
@@ -106,15 +144,19 @@ class Nvml:
 
     def __init__(self, device: torch.device):
         self.handle = None
+        self.found_by = ""
         if device.type != "cuda":
             return
         try:
             import pynvml
 
             pynvml.nvmlInit()
-            index = device.index if device.index is not None else torch.cuda.current_device()
-            self.handle = pynvml.nvmlDeviceGetHandleByIndex(index)
             self._nv = pynvml
+            for kind, ident in nvml_ids(device):
+                with contextlib.suppress(Exception):
+                    get = pynvml.nvmlDeviceGetHandleByUUID if kind == "uuid" else pynvml.nvmlDeviceGetHandleByPciBusId
+                    self.handle, self.found_by = get(ident), f"{kind} {ident}"
+                    break
         except Exception:  # noqa: BLE001 - NVML missing or broken: the GPU columns stay empty
             self.handle = None
 
@@ -131,6 +173,25 @@ class Nvml:
             out["driver_version"] = nv.nvmlSystemGetDriverVersion()
         return out
 
+    def throttle_reasons(self) -> int | None:
+        """The current clock-event reason bits (THROTTLE_REASONS), or None."""
+        if self.handle is None:
+            return None
+        for name in ("nvmlDeviceGetCurrentClocksEventReasons", "nvmlDeviceGetCurrentClocksThrottleReasons"):
+            with contextlib.suppress(Exception):
+                return int(getattr(self._nv, name)(self.handle))
+        return None
+
+    def other_processes(self) -> int | None:
+        """Compute processes on this GPU other than this one, or None."""
+        if self.handle is None:
+            return None
+        try:
+            procs = self._nv.nvmlDeviceGetComputeRunningProcesses(self.handle)
+        except Exception:  # noqa: BLE001
+            return None
+        return sum(1 for p in procs if getattr(p, "pid", None) != os.getpid())
+
     def energy_mj(self) -> float | None:
         if self.handle is None:
             return None
@@ -138,3 +199,7 @@ class Nvml:
             return float(self._nv.nvmlDeviceGetTotalEnergyConsumption(self.handle))
         except Exception:  # noqa: BLE001 - not every GPU reports energy
             return None
+
+
+def reason_names(bits: int) -> list[str]:
+    return [name for bit, name in THROTTLE_REASONS.items() if bits & bit]

@@ -18,7 +18,7 @@ import pandas as pd
 from .collect import BASELINES
 
 NOT_OK = {"oom": "OOM", "skipped": "skipped", "unsupported": "unsupported", "unavailable": "unavailable",
-          "invalid": "invalid", "error": "error"}
+          "invalid": "invalid", "error": "error", "interrupted": "interrupted"}
 # Claimed bands drawn on the speedup figure (the paper's GPU claims at high resolution).
 PAPER_BANDS = {"vanilla": (4.0, 7.0, "paper: 4-7x over vanilla"),
                "flash": (2.0, 3.0, "paper: 2-3x, both with FlashAttention-2")}
@@ -83,6 +83,9 @@ class Figures:
             ok = g[(g["status"] == "ok") & g[y].notna()].sort_values("resolution")
             if not ok.empty:
                 ax.plot(ok["resolution"], ok[y], marker=self.markers[v], color=self.colors[v], label=v, lw=1.6, ms=5)
+                flagged = ok[~ok.get("timing_quality", pd.Series("", index=ok.index)).fillna("").isin(["", "ok"])]
+                if not flagged.empty:  # a measurement the suite does not vouch for: ringed in red
+                    ax.plot(flagged["resolution"], flagged[y], "o", ms=11, mfc="none", mec="red", mew=1.4, zorder=4)
             bad = g[g["status"] != "ok"].sort_values("resolution")
             if not bad.empty:
                 yy = 0.97 - 0.045 * missing_rank
@@ -115,6 +118,9 @@ class Figures:
         if missing:
             hs.append(Line2D([], [], color="grey", marker="x", ls="none", ms=8, mew=2))
             labels.append("x at top: not measured (label: why)")
+        if "timing_quality" in self.df and (~self.df["timing_quality"].fillna("").isin(["", "ok"])).any():
+            hs.append(Line2D([], [], marker="o", ls="none", ms=11, mfc="none", mec="red", mew=1.4))
+            labels.append("red ring: timing flagged (noisy, contended or throttled; see the report)")
         fig.legend(hs, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(4, len(labels)),
                    frameon=False, fontsize=9)
 

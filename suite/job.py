@@ -17,10 +17,13 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .config import BadInput, Job, attention_label, check_positive, load
+from .conditions import set_threads
+from .config import BadInput, Job, attention_label, check_choice, check_positive, load
 from .device import dtype_unsupported_reason, environment, resolve_device
-from .measure import try_count_flops
-from .records import Record, base_fields, failure, unmeasured_row, write_records
+from .measure import TIMINGS, timing_unsupported, try_count_flops
+from .records import (
+    Record, RowsNotWritten, base_fields, check_writable, failure, unmeasured_row, write_records,
+)
 from .sweep.resume import resumed_record, skip_reason
 from .workloads import Case, Workload, get_workload
 
@@ -31,8 +34,10 @@ def check_settings(job: Job) -> None:
     if cfg.task is not None:
         raise BadInput(f"task={cfg.task} was removed; write workload={cfg.task}"
                        if cfg.task == "train_proxy" else f"task={cfg.task!r} was removed; choose a workload instead")
-    check_positive(cfg, ("warmup", "repeats", "min_time_s", "memory_limit_mib", "accuracy_max_tokens"),
-                   allow_zero=True)
+    check_positive(cfg, ("warmup", "repeats", "min_time_s", "memory_limit_mib", "accuracy_max_tokens", "threads",
+                         "retries"), allow_zero=True)
+    check_positive(cfg, ("noise_pct", "contention_cores"))
+    check_choice("timing", cfg.timing, TIMINGS)
 
 
 def measure_case(wl: Workload, case: Case, job: Job, device: torch.device, precision, base: dict) -> Record:
@@ -45,6 +50,8 @@ def measure_case(wl: Workload, case: Case, job: Job, device: torch.device, preci
         if missing:
             return Record(**base, status="unavailable", reason="; ".join(missing))
         reasons = [r for r in [dtype_unsupported_reason(device, precision.compute_dtype)] if r]
+        if wl.timed and timing_unsupported(job.cfg.timing, device):
+            reasons.append(timing_unsupported(job.cfg.timing, device))
         reasons += wl.unsupported(case, job, device, precision)
         if reasons:
             return Record(**base, status="unsupported", reason="; ".join(dict.fromkeys(reasons)))
@@ -72,9 +79,12 @@ def measure_case(wl: Workload, case: Case, job: Job, device: torch.device, preci
 
 
 def run(job: Job) -> list[Record]:
-    """Validate, measure and write one job's rows. Raises BadInput on bad settings."""
+    """Validate, measure and write one job's rows. Raises BadInput on bad settings,
+    RowsNotWritten when the rows cannot be written (checked before measuring too)."""
     wl = get_workload(job.cfg.workload.name)
     check_settings(job)
+    check_writable(job.run_dir)
+    set_threads(job.cfg.threads)
     case = wl.describe(job)
     device = resolve_device(job.cfg.device.name)
     precision = wl.precision_of(job, device)
@@ -83,8 +93,12 @@ def run(job: Job) -> list[Record]:
     if resumed is not None:
         return [resumed]  # resume=true: this case has an ok row already; nothing measured or written
     skipped = skip_reason(job, wl, case, device, precision)
-    record = Record(**base, status="skipped", reason=skipped) if skipped else \
-        measure_case(wl, case, job, device, precision, base)
+    try:
+        record = Record(**base, status="skipped", reason=skipped) if skipped else \
+            measure_case(wl, case, job, device, precision, base)
+    except KeyboardInterrupt:  # the case is marked, the rows written before it stay
+        write_records([Record(**base, status="interrupted", reason="interrupted by the user (Ctrl-C)")], job.run_dir)
+        raise
     write_records([record], job.run_dir)
     return [record]
 
@@ -114,18 +128,38 @@ def main(cfg: DictConfig) -> list[Record]:
 
     job = job_from_hydra(cfg)
     multirun = job.sweep_dir is not None
+    if job.cfg.resume and not multirun:
+        print("note: resume=true applies to sweeps (python run.py -m ...); a single run always measures", flush=True)
     try:
         records = run(job)
     except BadInput as e:
         if not multirun:
-            print(f"error: {e}", file=sys.stderr)
-            sys.exit(2)
+            _fail(f"error: {e}", 2)
         records = [unmeasured_row(job, "invalid", str(e))]  # in a sweep a bad case is a row, and the others go on
-        write_records(records, job.run_dir)
+        _write_or_stop(records, job)
+    except RowsNotWritten as e:
+        _fail(f"error: {e}; rows written before are kept; stopping", 1)
+    except KeyboardInterrupt:
+        _fail(f"interrupted (Ctrl-C): this case is marked 'interrupted' in {job.run_dir}; rows written before "
+              f"are kept", 130)
     except Exception as e:  # noqa: BLE001 - a sweep job that fails outside measuring is a row too
         if not multirun:
             raise
         records = [unmeasured_row(job, "error", failure(e, job.run_dir)[1])]
+        _write_or_stop(records, job)
+    if not multirun:  # in a sweep the callback prints one line per job under its progress display
+        print_summary(records, job)
+    return records
+
+
+def _write_or_stop(records: list[Record], job: Job) -> None:
+    try:
         write_records(records, job.run_dir)
-    print_summary(records, job)
-    return records  # the sweep callback prints each job's one-line result from these
+    except RowsNotWritten as e:
+        _fail(f"error: {e}; rows written before are kept; stopping", 1)
+
+
+def _fail(line: str, code: int) -> None:
+    """One line on stderr, then exit: SystemExit passes through Hydra and stops a sweep."""
+    print(line, file=sys.stderr, flush=True)
+    raise SystemExit(code)

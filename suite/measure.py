@@ -28,9 +28,11 @@ class Timing:
     p50_ms: float
     p90_ms: float
     repeats: int
-    total_s: float  # wall time of the timed loop (for energy / power)
+    total_s: float  # wall time of the timed loop
     cpu_s: float  # CPU time this process spent in the timed loop, all threads
     mode: str = "eager"
+    energy_j: float = math.nan  # of the timed calls alone (see time_fn)
+    busy_s: float = math.nan  # the timed calls' summed durations
 
 
 def _sync(device: torch.device) -> None:
@@ -38,7 +40,7 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _quantile(sorted_ms: list[float], q: float) -> float:
+def quantile(sorted_ms: list[float], q: float) -> float:
     """Linear-interpolated quantile of an ascending list."""
     pos = q * (len(sorted_ms) - 1)
     lo, hi = math.floor(pos), math.ceil(pos)
@@ -92,7 +94,8 @@ def kernel_ms(fn: Fn, device: torch.device) -> float:
 
 
 def time_fn(fn: Fn, device: torch.device, *, warmup: int = 3, repeats: int = 0, min_time_s: float = 1.0,
-            max_repeats: int = 1000, flush_l2: bool = True, mode: str = "eager") -> Timing:
+            max_repeats: int = 1000, flush_l2: bool = True, mode: str = "eager",
+            energy: Callable[[], float | None] | None = None) -> Timing:
     """Median and spread of ``fn``'s latency.
 
     ``eager``: CUDA events around each call (device time of that call) on a
@@ -103,6 +106,10 @@ def time_fn(fn: Fn, device: torch.device, *, warmup: int = 3, repeats: int = 0, 
     ``repeats=0`` picks the count from the warmup: enough calls to fill
     ``min_time_s``, at least 5. ``flush_l2`` (CUDA only) clears the L2 cache
     before every timed call.
+
+    ``energy`` (a reader of the GPU's energy counter in mJ): the energy of the
+    timed calls alone, warmup excluded: the timed loop's energy less that of
+    the same number of L2 scrubs run alone right after it.
     """
     problem = timing_unsupported(mode, device)
     if problem:
@@ -117,6 +124,8 @@ def time_fn(fn: Fn, device: torch.device, *, warmup: int = 3, repeats: int = 0, 
     if repeats <= 0:
         repeats = int(min(max_repeats, max(5, min_time_s / max(per_call, 1e-6))))
     call = capture_graph(fn, device) if mode == "cuda_graph" else fn
+    _sync(device)
+    e0 = energy() if energy else None
     start, cpu0 = time.perf_counter(), time.process_time()
     if mode == "kernels":
         samples = [kernel_ms(fn, device) for _ in range(repeats)]
@@ -129,8 +138,31 @@ def time_fn(fn: Fn, device: torch.device, *, warmup: int = 3, repeats: int = 0, 
             call()
             samples.append((time.perf_counter() - t) * 1e3)
     total, cpu = time.perf_counter() - start, time.process_time() - cpu0
+    scrubbed = flush_l2 and device.type == "cuda" and mode != "kernels"
+    joules = _calls_energy(energy, e0, device, repeats, scrubbed) if energy else math.nan
     s = sorted(samples)
-    return Timing(_quantile(s, 0.1), statistics.median(s), _quantile(s, 0.9), repeats, total, cpu, mode)
+    return Timing(quantile(s, 0.1), statistics.median(s), quantile(s, 0.9), repeats, total, cpu, mode, joules,
+                  sum(samples) / 1e3)
+
+
+def _calls_energy(energy, e0, device, repeats: int, scrubbed: bool) -> float:
+    """Joules of the timed calls: the loop's energy less the scrubs' (run alone, same count)."""
+    _sync(device)
+    e1 = energy()
+    if e0 is None or e1 is None:
+        return math.nan
+    joules = (e1 - e0) / 1e3
+    if scrubbed:
+        scrub = torch.empty(L2_SCRUB_BYTES, dtype=torch.int8, device=device)
+        e2 = energy()
+        for _ in range(repeats):
+            scrub.zero_()
+        _sync(device)
+        e3 = energy()
+        if e2 is None or e3 is None:
+            return math.nan
+        joules -= (e3 - e2) / 1e3
+    return joules
 
 
 def _cuda_event_samples(call: Fn, device: torch.device, repeats: int, flush_l2: bool) -> list[float]:

@@ -11,6 +11,7 @@ import dataclasses
 import datetime as dt
 import json
 import math
+import os
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,7 @@ import torch
 
 from .config import Job, attention_options
 
-STATUSES = ("ok", "oom", "unsupported", "unavailable", "invalid", "skipped", "error")
+STATUSES = ("ok", "oom", "unsupported", "unavailable", "invalid", "skipped", "error", "interrupted")
 
 NAN = math.nan
 
@@ -52,6 +53,18 @@ class Record:
     latency_ms_p90: float = NAN
     repeats: int = 0
     throughput_per_s: float = NAN  # images (batch items) per second at p50
+    timing: str = "eager"  # eager, cuda_graph or kernels
+    # how it was timed, and whether to believe it (suite/conditions.py)
+    timing_quality: str = ""  # ok, noisy, contended, throttled
+    timing_note: str = ""  # why, and which attempt was kept
+    timing_attempts: int = 0
+    threads: int = 0  # torch CPU threads
+    cpu_affinity: int = 0  # CPUs this process may run on
+    load_avg_before: float = NAN  # 1-minute load average
+    load_avg_after: float = NAN
+    other_cpu_load: float = NAN  # CPU cores other processes used on average during the timed loop
+    timed_wall_s: float = NAN  # wall time of the timed loop
+    timed_cpu_s: float = NAN  # CPU time of this process in the timed loop, all threads
     # memory
     peak_mem_mib: float = NAN
     peak_extra_mem_mib: float = NAN  # peak minus what was allocated before the call
@@ -66,13 +79,18 @@ class Record:
     rel_err_vs_exact: float = NAN
     rel_err_vs_fp64: float = NAN
     cos_sim_vs_exact: float = NAN
-    # GPU readings (NVML), empty on CPU
-    gpu_sm_clock_mhz: float = NAN
+    # GPU readings (NVML; the device found by UUID), empty on CPU
+    gpu_sm_clock_mhz: float = NAN  # at the end of the timed loop
     gpu_mem_clock_mhz: float = NAN
+    gpu_sm_clock_mhz_start: float = NAN  # at its start
+    gpu_mem_clock_mhz_start: float = NAN
+    gpu_sm_clock_mhz_min: float = NAN  # lowest seen while it ran
+    gpu_throttle_reasons: str = ""  # NVML clock-event reasons seen while it ran
+    gpu_other_processes: float = NAN  # other compute processes on the GPU
     gpu_power_limit_w: float = NAN
-    gpu_temp_c: float = NAN
-    energy_j: float = NAN  # of the timed loop
-    avg_power_w: float = NAN
+    gpu_temp_c: float = NAN  # highest seen while it ran
+    energy_j: float = NAN  # of the timed calls alone: the loop less as many L2 scrubs
+    avg_power_w: float = NAN  # energy_j over the calls' summed device time
     driver_version: str = ""
     # environment
     torch_version: str = ""
@@ -231,15 +249,73 @@ def _norm(value) -> str:
 
 
 # -- reading and writing ---------------------------------------------------------
+class RowsNotWritten(OSError):
+    """The rows of a case could not be written (full disk, read-only folder...)."""
+
+
+def atomic_write(write, path: Path) -> None:
+    """``write(tmp)`` then rename over ``path``: a reader never sees half a file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def read_folder(directory: Path, problems: list[str] | None = None) -> pd.DataFrame:
+    """The rows in one job folder: records.parquet, else records.csv. Files that
+    cannot be read are named in ``problems``."""
+    pq, csv = Path(directory) / "records.parquet", Path(directory) / "records.csv"
+    for path, read in ((pq, pd.read_parquet), (csv, lambda p: pd.read_csv(p, keep_default_na=False, na_values=[""]))):
+        if not path.exists():
+            continue
+        try:
+            return read(path)
+        except Exception as e:  # noqa: BLE001 - a truncated or corrupt table: say so, try the other
+            if problems is not None:
+                problems.append(f"{path}: {first_line(e)}")
+    return pd.DataFrame()
+
+
 def write_records(records: list[Record], directory: str | Path) -> tuple[Path, Path]:
-    """Write (overwrite) records.parquet and records.csv in ``directory``."""
+    """Add ``records`` to records.parquet and records.csv in ``directory``,
+    atomically; rows already there are kept (a file that cannot be read is
+    set aside as ``*.unreadable-<time>``, never deleted). RowsNotWritten when
+    the folder cannot take them."""
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    df = pd.DataFrame([r.row() for r in records], columns=record_fields())
     pq, csv = directory / "records.parquet", directory / "records.csv"
-    df.to_parquet(pq, index=False)
-    df.to_csv(csv, index=False)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        problems: list[str] = []
+        old = read_folder(directory, problems)
+        if problems:
+            stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+            for path in (pq, csv):
+                if path.exists() and any(str(path) in p for p in problems):
+                    path.rename(path.with_name(f"{path.name}.unreadable-{stamp}"))
+        new = pd.DataFrame([r.row() for r in records], columns=record_fields())
+        df = pd.concat([old, new], ignore_index=True) if not old.empty else new
+        df = df[[c for c in record_fields() if c in df.columns] + [c for c in df.columns if c not in record_fields()]]
+        atomic_write(lambda p: df.to_parquet(p, index=False), pq)
+        atomic_write(lambda p: df.to_csv(p, index=False), csv)
+    except OSError as e:
+        raise RowsNotWritten(e.errno, f"could not write rows to {directory}: {e.strerror or e}") from None
     return pq, csv
+
+
+def check_writable(directory: str | Path) -> None:
+    """RowsNotWritten unless ``directory`` can be created and written (checked before measuring)."""
+    directory = Path(directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe = directory / f".write-test-{os.getpid()}"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise RowsNotWritten(e.errno, f"{directory} is not writable ({e.strerror or e}); nothing was measured") from None
 
 
 def read_records(path: str | Path) -> pd.DataFrame:
@@ -247,14 +323,13 @@ def read_records(path: str | Path) -> pd.DataFrame:
     return pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
 
 
-def read_job_records(root: Path) -> pd.DataFrame:
-    """Every job's records.parquet under ``root`` (unreadable files are skipped, not fatal)."""
+def read_job_records(root: Path, problems: list[str] | None = None) -> pd.DataFrame:
+    """Every job folder's rows under ``root`` (parquet, else the CSV beside it);
+    what could not be read is named in ``problems``."""
     frames = []
-    for f in sorted(Path(root).rglob("records.parquet")):
-        try:  # a half-written file from a killed job
-            df = pd.read_parquet(f)
-        except Exception:  # noqa: BLE001
-            continue
-        df["job_dir"] = str(f.parent)
-        frames.append(df)
+    folders = sorted({f.parent for pattern in ("records.parquet", "records.csv") for f in Path(root).rglob(pattern)})
+    for folder in folders:
+        df = read_folder(folder, problems)
+        if not df.empty:
+            frames.append(df.assign(job_dir=str(folder)))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

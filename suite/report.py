@@ -10,19 +10,20 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import math
+import sys
 from pathlib import Path
 
 import pandas as pd
 
-from .collect import BASELINES, derive
+from .collect import BASELINES, TableError, derive, read_table
 from .figures import NOT_OK, Figures
 
 def load_results(path: str | Path) -> pd.DataFrame:
-    """A results table; derived columns are (re)computed when missing."""
+    """A results table; derived columns are (re)computed when missing. TableError when unreadable."""
     path = Path(path)
     if path.is_dir():
         path = path / "results.parquet"
-    df = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+    df = read_table(path)
     return df if "speedup_vs_vanilla" in df.columns else derive(df)
 
 
@@ -109,6 +110,7 @@ def write_report(table: str | Path | pd.DataFrame, out: str | Path | None = None
                 lines += [f"Speedup over `{sub[f'baseline_{short}'].iloc[0]}` (x):", "",
                           md_table(pivot(sub, f"speedup_vs_{short}", "{:.2f}")), ""]
         lines += ["Peak memory (MiB):", "", md_table(pivot(sub, "peak_mem_mib", "{:.1f}")), ""]
+    lines += flagged_section(df)
     bad = df[df["status"] != "ok"]
     lines += ["## Cases not measured", ""]
     if bad.empty:
@@ -121,14 +123,34 @@ def write_report(table: str | Path | pd.DataFrame, out: str | Path | None = None
     return path
 
 
+def flagged_section(df: pd.DataFrame) -> list[str]:
+    """The measurements whose conditions were poor (ringed in the figures), with why."""
+    lines = ["## Flagged timings", ""]
+    if "timing_quality" not in df:
+        return lines + ["This table records no measuring conditions (written before they were recorded).", ""]
+    flagged = df[(df["status"] == "ok") & ~df["timing_quality"].fillna("").isin(["", "ok"])]
+    if flagged.empty:
+        return lines + ["Every measured case was timed under good conditions (timing_quality ok).", ""]
+    cols = ["device_name", "dtype", "workload", "variant", "resolution", "timing_quality", "timing_note"]
+    lines += [f"{len(flagged)} of {int((df['status'] == 'ok').sum())} measured cases were timed under poor "
+              f"conditions; read their numbers with care:", ""]
+    return lines + [md_table(flagged[cols].sort_values(cols[:5])), ""]
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m suite.report", description=__doc__.split("\n\n")[0])
     ap.add_argument("table", help="results.parquet / results.csv (or a directory holding results.parquet)")
     ap.add_argument("--out", help="where figures and report.md go (default: report/ beside the table)")
     args = ap.parse_args(argv)
     if not Path(args.table).exists():
-        raise SystemExit(f"error: {args.table}: no such file; make one with python -m suite.collect <sweep dir>")
-    path = write_report(args.table, args.out)
+        print(f"error: {args.table}: no such file; make one with python -m suite.collect <sweep dir>", file=sys.stderr)
+        raise SystemExit(2)
+    try:
+        path = write_report(args.table, args.out)
+    except (TableError, KeyError) as e:
+        what = f"is not a results table (no column {e})" if isinstance(e, KeyError) else str(e)
+        print(f"error: {args.table}: {what}; make one with python -m suite.collect <sweep dir>", file=sys.stderr)
+        raise SystemExit(2) from None
     n = len(list(path.parent.glob("*.png")))
     print(f"{n} figures (PNG + SVG) and {path}")
 

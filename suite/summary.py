@@ -15,7 +15,11 @@ def spread(record: Record) -> float:
 
 
 def cell(record: Record, field: str, fmt: str) -> str:
-    """One summary cell: a Record field, or ``spread`` (the p10-p90 spread in % of p50)."""
+    """One summary cell: a Record field, ``spread`` (the p10-p90 spread in % of p50),
+    or ``outcome`` (the status, and the timing verdict when it is not ok)."""
+    if field == "outcome":
+        q = record.timing_quality
+        return record.status + (f"/{q}" if q not in ("", "ok") else "")
     value = spread(record) if field == "spread" else getattr(record, field, None)
     if value is None or value == "" or (isinstance(value, float) and math.isnan(value)):
         return "-"
@@ -31,7 +35,8 @@ def print_summary(records: list[Record], job: Job) -> None:
     wl = get_workload(job.cfg.workload.name)
     r0 = records[0]
     console = Console()
-    table = Table(title=f"{r0.device_name} ({r0.device}), torch {r0.torch_version}", title_justify="left",
+    table = Table(title=f"{r0.device_name} ({r0.device}), torch {r0.torch_version}, {r0.dtype}, batch {r0.batch_size}",
+                  title_justify="left",
                   box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False, collapse_padding=True, show_edge=False)
     for i, c in enumerate(wl.summary):  # the first column (a label) folds; numbers never wrap
         table.add_column(c.header, justify="left" if c.fmt == "" else "right", overflow="fold", no_wrap=i > 0)
@@ -41,5 +46,7 @@ def print_summary(records: list[Record], job: Job) -> None:
     for r in records:
         if r.reason:
             console.print(f"[{r.status}] {r.reason}", markup=False, highlight=False)
+        if r.timing_quality not in ("", "ok"):
+            console.print(f"[timing {r.timing_quality}] {r.timing_note}", markup=False, highlight=False)
     console.print(f"records: {job.run_dir / 'records.parquet'} (and records.csv)", markup=False, highlight=False,
                   soft_wrap=True)

@@ -10,9 +10,9 @@ ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def hydra_conf():
-    """Hydra initialised on conf/ (with the typed schema) for compose() in a test module."""
+    """Hydra initialised on conf/ (with the typed schema) for compose() in a test."""
     from suite.config import register_configs
 
     register_configs()
@@ -23,12 +23,18 @@ def hydra_conf():
 
 
 @pytest.fixture
-def run_job(hydra_conf):
+def run_job():
     """Run one job in-process, as run.py would: ``run_job(overrides, run_dir) -> list[Record]``."""
+    from suite.config import register_configs
     from suite.job import make_job, run
 
+    register_configs()
+
     def go(overrides: list[str], run_dir, sweep_dir=None):
-        cfg = compose(config_name="config", overrides=list(overrides), return_hydra_config=True)
+        GlobalHydra.instance().clear()  # another test may have left Hydra initialised elsewhere, or cleared
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            cfg = compose(config_name="config", overrides=list(overrides), return_hydra_config=True)
+        GlobalHydra.instance().clear()
         choice = cfg.hydra.runtime.choices.get("attention")
         with open_dict(cfg):
             del cfg["hydra"]

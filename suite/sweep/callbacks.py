@@ -9,9 +9,11 @@ single run; every hook returns at once outside a multirun.
 """
 from __future__ import annotations
 
+import atexit
 import json
 import math
 import os
+import sys
 import threading
 import time
 from pathlib import Path
@@ -20,8 +22,10 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from . import lock
+
 STATUS_FILE = "job_status.json"
-FAILED = ("error", "oom")  # a job "failed" when a row has one of these
+FAILED = ("error", "oom", "interrupted")  # a job "failed" when a row has one of these
 NOT_RUN = ("skipped", "unsupported", "unavailable", "invalid")
 
 
@@ -40,8 +44,10 @@ def one_line(rows: list[Any]) -> str:
         model = f" in {g('model')}" if g("model", "") else ""
         head = f"{g('status'):<11} {label}{model} {g('workload')} {g('dtype')} {g('resolution')}px"
         lat, top1 = g("latency_ms_p50"), g("proxy_top1", math.nan)
+        quality = g("timing_quality", "") or ""
+        flag = f" [timing {quality}: {g('timing_note', '')}]" if quality not in ("", "ok") else ""
         if g("status") == "ok" and lat is not None and not math.isnan(lat):
-            parts.append(f"{head}: {lat:.3f} ms")
+            parts.append(f"{head}: {lat:.3f} ms{flag}")
         elif g("status") == "ok" and top1 is not None and not math.isnan(top1):
             parts.append(f"{head} {g('proxy_task', '')}: top-1 {top1:.3f}")
         else:
@@ -107,7 +113,8 @@ class SweepTracker:
     def counts(self) -> dict[str, int]:
         failed = sum(1 for s in self.done.values() if s.get("failed"))
         not_run = sum(1 for s in self.done.values() if s.get("not_run"))
-        return dict(done=len(self.done), running=len(self.running), failed=failed, not_run=not_run)
+        flagged = sum(1 for s in self.done.values() if s.get("flagged"))
+        return dict(done=len(self.done), running=len(self.running), failed=failed, not_run=not_run, flagged=flagged)
 
     def eta_s(self) -> float | None:
         n = len(self.done)
@@ -119,7 +126,7 @@ class SweepTracker:
         c, eta = self.counts(), self.eta_s()
         eta_text = "?" if eta is None else time.strftime("%H:%M:%S", time.gmtime(eta))
         return (f"{c['done']}/{self.total} done, {c['running']} running, {c['failed']} failed, "
-                f"{c['not_run']} not run, ETA {eta_text}")
+                f"{c['not_run']} not run, {c['flagged']} flagged timing, ETA {eta_text}")
 
     def poll(self) -> None:
         """Read new status files; print a line for each newly finished job."""
@@ -143,13 +150,15 @@ class SweepTracker:
                     self.running.add(key)
             self.progress.update(self.task, completed=len(self.done), info=self.summary())
 
-    def stop(self) -> None:
+    def stop(self, how: str = "finished") -> None:
+        if self._stop.is_set():
+            return
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout=5)
         self.poll()
-        self.progress.stop()
-        print(f"sweep finished: {self.summary()}, {time.time() - self.start:.0f} s", flush=True)
+        self.progress.stop()  # restores the terminal, also when the sweep was interrupted
+        print(f"sweep {how}: {self.summary()}, {time.time() - self.start:.0f} s", flush=True)
 
 
 # The callback's settings (``hydra.callbacks.sweep.<name>``), for the README's settings table.
@@ -168,11 +177,13 @@ class SweepCallback(Callback):
         self.show_progress = progress
         self.poll_s = poll_s
         self._tracker: SweepTracker | None = None
+        self._lock: Path | None = None
 
     def __getstate__(self) -> dict:
         # submitit pickles the Hydra context (and so this object) for each job:
         # the tracker's thread and console stay in the launching process.
-        return {k: v for k, v in self.__dict__.items() if k != "_tracker"} | {"_tracker": None}
+        return {k: v for k, v in self.__dict__.items() if k not in ("_tracker", "_lock")} | {"_tracker": None,
+                                                                                             "_lock": None}
 
     # -- the launching process ------------------------------------------------
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
@@ -187,19 +198,43 @@ class SweepCallback(Callback):
         if launcher.endswith("LocalLauncher") and gpus and (batch is None or batch > gpus):
             print(f"warning: submitit's local launcher starts a whole batch at once; with gpus_per_node={gpus} "
                   f"set hydra.sweeper.max_batch_size={gpus} so that jobs never share a GPU", flush=True)
+        try:
+            self._lock, note = lock.acquire(sweep_dir)
+        except (lock.SweepLocked, OSError) as e:
+            print(f"error: {e}", file=sys.stderr, flush=True)
+            raise SystemExit(2) from None
+        if note:
+            print(f"note: {note}", flush=True)
+        if config.get("resume") and not any(sweep_dir.rglob("records.*")):
+            print(f"note: resume=true, but {sweep_dir} holds no earlier rows, so nothing can be resumed; to resume a "
+                  f"sweep, set hydra.sweep.dir to its folder (the presets use results/sweeps/<preset>)", flush=True)
         if self.show_progress:
             self._tracker = SweepTracker(sweep_dir, total, self.poll_s)
             self._tracker.begin()
+        atexit.register(self._interrupted)
+
+    def _interrupted(self) -> None:
+        """At exit before on_multirun_end (Ctrl-C, a full disk): restore the display, free the folder."""
+        if self._tracker is not None:
+            self._tracker.stop("stopped early")
+            self._tracker = None
+        lock.release(self._lock)
+        self._lock = None
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if self._tracker is not None:
             self._tracker.stop()
             self._tracker = None
+        lock.release(self._lock)
+        self._lock = None
         sweep_dir = Path(str(config.hydra.sweep.dir))
         try:  # the rows are on disk already; a failure here loses nothing
             from ..collect import collect
 
-            table = collect([sweep_dir], out_dir=sweep_dir)
+            problems: list[str] = []
+            table = collect([sweep_dir], out_dir=sweep_dir, problems=problems)
+            for p in problems:
+                print(f"could not read: {p}", flush=True)
             print(f"merged table: {table} (and .csv)", flush=True)
             if self.report:  # hydra.callbacks.sweep.report=false skips the figures
                 from ..report import write_report
@@ -226,8 +261,10 @@ class SweepCallback(Callback):
         from hydra.core.utils import JobStatus
 
         rows = job_return._return_value if job_return.status == JobStatus.COMPLETED else None
+        flagged = False
         if isinstance(rows, list) and rows:
             statuses = [getattr(r, "status", "") for r in rows]
+            flagged = any(getattr(r, "timing_quality", "") not in ("", "ok") for r in rows)
             line = one_line(rows)
         else:  # the job raised past run.py: say so (run.py turns exceptions into rows first)
             statuses = ["error"]
@@ -235,7 +272,7 @@ class SweepCallback(Callback):
         _write_status(
             Path(config.hydra.runtime.output_dir), state="done", num=int(config.hydra.job.get("num", 0) or 0),
             end=time.time(), statuses=statuses, line=line,
-            failed=any(s in FAILED for s in statuses), not_run=all(s in NOT_RUN for s in statuses),
+            failed=any(s in FAILED for s in statuses), not_run=all(s in NOT_RUN for s in statuses), flagged=flagged,
         )
         if self._tracker is not None:  # same process (basic launcher): show it now
             self._tracker.poll()

@@ -9,14 +9,13 @@
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-from pathlib import Path
 
 import pandas as pd
 import torch
 
 from ..config import Job
+from ..device import available_bytes
 from ..records import Record, read_job_records
 
 _VOLATILE = ("resume", "records_dir")  # settings that do not change what is measured
@@ -34,7 +33,10 @@ def resumed_record(job: Job, base: dict) -> Record | None:
     of this name; else None. The row's full resolved config is the case's identity."""
     if not job.cfg.resume:
         return None
-    df = read_job_records(job.sweep_dir or job.run_dir)
+    problems: list[str] = []
+    df = read_job_records(job.sweep_dir or job.run_dir, problems)
+    for p in problems:
+        print(f"[resume] could not read {p}; its CSV twin was used where readable", flush=True)
     if df.empty or "config" not in df:
         return None
     want = same_settings(job.config_yaml)
@@ -49,18 +51,6 @@ def resumed_record(job: Job, base: dict) -> Record | None:
 
 
 # -- skip cases that cannot fit -------------------------------------------
-def available_bytes(device: torch.device) -> tuple[int, str]:
-    """Memory a case may use on ``device`` and where that number came from."""
-    if device.type == "cuda":
-        free, _total = torch.cuda.mem_get_info(device)
-        return int(free), "cuda free memory (torch.cuda.mem_get_info)"
-    with contextlib.suppress(OSError, ValueError):
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024, "MemAvailable in /proc/meminfo"
-    return 0, "unknown"
-
-
 def skip_reason(job: Job, wl, case, device: torch.device, precision) -> str:
     """Why the case is not launched (it obviously cannot fit), or "".
 

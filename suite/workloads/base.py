@@ -12,9 +12,11 @@ from typing import Any, Callable, ClassVar
 
 import torch
 
+from ..conditions import Limits, judged
 from ..config import Job
 from ..device import Nvml, Precision
 from ..measure import peak_memory, sdpa_kernels, time_fn
+from ..records import first_line
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,8 @@ class Workload:
 
     name: ClassVar[str] = ""
     summary: ClassVar[tuple[Column, ...]] = ()
+    #: what ``extras`` measures, for the note when it fails
+    extras_name: ClassVar[str] = "accuracy"
     #: True when the shared timing step times ``Built.fn`` and FLOPs are counted on it.
     timed: ClassVar[bool] = True
 
@@ -94,20 +98,26 @@ class Workload:
         if not torch.isfinite(out).all():
             status, notes = "error", ["output has non-finite values"]
         nvml = Nvml(device)
-        e0 = nvml.energy_mj()
-        t = time_fn(built.fn, device, warmup=cfg.warmup, repeats=cfg.repeats, min_time_s=cfg.min_time_s,
-                    flush_l2=cfg.flush_l2)
-        e1 = nvml.energy_mj()
+
+        def loop():
+            return time_fn(built.fn, device, warmup=cfg.warmup, repeats=cfg.repeats, min_time_s=cfg.min_time_s,
+                           flush_l2=cfg.flush_l2, mode=cfg.timing, energy=nvml.energy_mj)
+
+        t, m = judged(loop, device, nvml, cfg.retries, Limits(cfg.noise_pct, cfg.contention_cores))
         seconds = t.p50_ms / 1e3
-        m = dict(latency_ms_p10=t.p10_ms, latency_ms_p50=t.p50_ms, latency_ms_p90=t.p90_ms, repeats=t.repeats,
+        m.update(latency_ms_p10=t.p10_ms, latency_ms_p50=t.p50_ms, latency_ms_p90=t.p90_ms, repeats=t.repeats,
                  throughput_per_s=built.items_per_call / seconds, tflops_per_s=built.flops_analytic / seconds / 1e12)
-        m.update(nvml.clocks())
-        if e0 is not None and e1 is not None and t.total_s > 0:
-            m.update(energy_j=(e1 - e0) / 1e3, avg_power_w=(e1 - e0) / 1e3 / t.total_s)
+        if t.energy_j == t.energy_j:
+            m.update(energy_j=t.energy_j, avg_power_w=t.energy_j / t.busy_s if t.busy_s > 0 else float("nan"))
         mem = peak_memory(built.fn, device)
         m.update(peak_mem_mib=mem.peak_mib, peak_extra_mem_mib=mem.extra_mib, mem_method=mem.method)
         m["sdpa_kernels"] = ",".join(sorted(sdpa_kernels(built.fn)))
-        extra, extra_notes = self.extras(case, built, out, job, device)
+        try:  # accuracy, shares, fidelity: annotations that never cost the measurement above
+            extra, extra_notes = self.extras(case, built, out, job, device)
+        except Exception as e:  # noqa: BLE001
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            extra, extra_notes = {}, [f"{self.extras_name} not measured: {first_line(e)}"]
         return Measured(m | extra, notes + extra_notes, status)
 
     def extras(self, case: Case, built: Built, out: torch.Tensor, job: Job, device: torch.device

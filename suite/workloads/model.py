@@ -53,7 +53,7 @@ from .registry import register_workload
 
 SUMMARY = (
     Column("model", "model", ""), Column("attention", "variant", ""), Column("res", "resolution", "d"),
-    Column("batch", "batch_size", "d"), Column("dtype", "dtype", ""), Column("status", "status", ""),
+    Column("status", "outcome", ""),
     Column("img/s", "throughput_per_s", ".1f"), Column("attn share", "attn_latency_share", ".2f"),
     Column("feat cos", "fidelity_feat_cos", ".3f"),
 )
@@ -193,6 +193,7 @@ def fidelity(model: Backbone, mc: ModelConfig, resolution: int, device, seed: in
 class Model(Workload):
     name = "model"
     summary = SUMMARY
+    extras_name = "attention share and fidelity"
 
     def describe(self, job: Job) -> Case:
         mc = job.cfg.model

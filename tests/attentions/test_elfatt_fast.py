@@ -143,12 +143,14 @@ def test_backward_matches_reference(interp):
 
 @needs_triton
 @pytest.mark.parametrize("dtype", ["fp16", "bf16"])
-def test_kernels_compile_for_hopper(dtype):
+def test_kernels_compile_for_hopper(dtype, monkeypatch):
     """Every launch of ViT-B/16 cases at the default and the tuning variants
     compiles for sm_90 with no spills, tensor-core kernels to wgmma. In a fresh
-    process, so TRITON_INTERPRET in this one cannot change the outcome."""
+    process, so TRITON_INTERPRET in this one (set here on purpose, as a whole
+    interpreted test run would) cannot change the outcome."""
     import sm90
 
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
     built = sm90.run_isolated("forward", dtype)
     if isinstance(built, str):
         if "ptxas" in built.lower() or "cuobjdump" in built.lower():
@@ -159,6 +161,26 @@ def test_kernels_compile_for_hopper(dtype):
     for b in built:
         assert b["stack"] in (0, None), f"{b} spills"
         assert b["wgmma"] == (b["kernel"] not in ("global_combine_kernel", "stripe_epilogue_kernel")), b
+
+
+@needs_triton
+def test_amp_backward_matches_reference(interp):
+    """Mixed-precision training through the fast path: fp32 weights, fp16 autocast;
+    the backward recomputes under the forward's autocast state (input, qkv and
+    LePE gradients against the float64 reference)."""
+    fast, ref = pair(24, 3, block_rows=2)
+    x = torch.randn(2, 24, 24)
+    xf, xr = x.clone().requires_grad_(), x.double().requires_grad_()
+    gy = torch.randn(2, 24, 24)
+    with torch.autocast("cpu", dtype=torch.float16):
+        y = fast(xf, (4, 6))
+    assert y.dtype == torch.float16 and fast.run_info()["impl_ran"] == "fast"
+    (y.float() * gy).sum().backward()
+    (ref(xr, (4, 6)) * gy.double()).sum().backward()
+    assert rel_err(xf.grad, xr.grad) < 2e-2
+    for (name, p), pr in zip(fast.named_parameters(), ref.parameters()):
+        assert p.grad is not None and p.grad.dtype == torch.float32, name
+        assert rel_err(p.grad, pr.grad) < 2e-2, name
 
 
 def test_fast_on_cpu_without_interpreter_is_unsupported(monkeypatch):

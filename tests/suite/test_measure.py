@@ -7,16 +7,16 @@ import torch.nn.functional as F
 
 import attentions as A
 from suite import accuracy as acc
-from suite.measure import _quantile, count_flops, peak_memory, sdpa_kernels, time_fn
+from suite.measure import quantile, count_flops, peak_memory, sdpa_kernels, time_fn
 
 CPU = torch.device("cpu")
 
 
 def test_quantiles_interpolate():
     s = [1.0, 2.0, 3.0, 4.0, 5.0]
-    assert _quantile(s, 0.5) == 3.0
-    assert _quantile(s, 0.1) == pytest.approx(1.4)
-    assert _quantile(s, 0.9) == pytest.approx(4.6)
+    assert quantile(s, 0.5) == 3.0
+    assert quantile(s, 0.1) == pytest.approx(1.4)
+    assert quantile(s, 0.9) == pytest.approx(4.6)
 
 
 def test_time_fn_counts_calls_and_orders_percentiles():
