@@ -110,6 +110,17 @@ class Attention(nn.Module):
     def core_flops(self, batch: int, hw: tuple[int, int]) -> int:
         raise NotImplementedError
 
+    def score_recompute_flops(self, batch: int, hw: tuple[int, int]) -> int:
+        """FLOPs a backward spends recomputing attention scores (QK^T again):
+        fused kernels keep no score matrix for the backward. 0 when none."""
+        return 0
+
+    def backward_flops(self, batch: int, hw: tuple[int, int], workload: str = "layer") -> int:
+        """Analytic FLOPs of the backward pass, by one convention: every matmul and
+        convolution of the forward costs two in the backward (the gradients of
+        both operands), plus any recomputation (``score_recompute_flops``)."""
+        return 2 * self.flops(batch, hw, workload) + self.score_recompute_flops(batch, hw)
+
     def flops(self, batch: int, hw: tuple[int, int], workload: str = "layer") -> int:
         """Analytic FLOPs of ``attend`` (workload ``op``) or of ``forward`` (``layer``)."""
         n = hw[0] * hw[1]

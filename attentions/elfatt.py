@@ -17,7 +17,9 @@ import torch.nn as nn
 
 from .base import Attention, check_impl
 from .functional import apply_lepe, divisors, dwconv_flops, efficient_attention, from_map, lepe_conv, sdpa, to_map
-from .kernels import ElfattSpec, LepeWeights, Tuning, fast_forward, fast_reasons, taps_first, triton_missing
+from .kernels import (
+    ElfattSpec, LepeWeights, Tuning, fast_forward, fast_reasons, fused_backward, taps_first, triton_missing,
+)
 from .registry import register_attention
 
 # auto: fast on CUDA in fp16/bf16 when it can run the case, else reference;
@@ -82,33 +84,56 @@ def reference_attend(spec: ElfattSpec, lepe_global: nn.Conv2d | None, lepe_local
 
 
 class _FastElfatt(torch.autograd.Function):
-    """Forward: the Triton path. Backward: autograd of the reference on the
-    saved inputs (the same function, so the gradients are the reference's),
-    under the autocast state the forward ran in."""
+    """Forward: the Triton path. Backward: the fused Triton backward
+    (``tuning.backward=fused``, the default), or autograd of the reference on the
+    saved inputs (``reference``), under the autocast state the forward ran in."""
 
     @staticmethod
     def forward(ctx, module, spec, hw, q, k, v, *params):
         ctx.module, ctx.spec, ctx.hw = module, spec, hw
         ctx.autocast = _autocast_state(q.device.type)
-        # The LePE parameters are saved too, only so that autograd's version
-        # check catches an in-place update between forward and backward.
-        ctx.save_for_backward(q, k, v, *params)
-        buf, module.fast_info = fast_forward(spec, module.lepe_weights(), q, k, v, hw, module.tuning)
+        fused = module.tuning.backward == "fused"
+        stats = {} if fused else None
+        buf, module.fast_info = fast_forward(spec, module.lepe_weights(), q, k, v, hw, module.tuning, stats)
+        ctx.stat_names = sorted(stats) if fused else []
+        # The LePE parameters are saved too, so that autograd's version check
+        # catches an in-place update between forward and backward.
+        ctx.save_for_backward(q, k, v, buf if fused else None, *(stats[n] for n in ctx.stat_names), *params)
         return buf
 
     @staticmethod
     def backward(ctx, grad_buf):
-        q, k, v, *_ = ctx.saved_tensors  # unpacking runs autograd's version check
-        m = ctx.module
-        params = m.lepe_params()  # the module's own tensors: the reference uses these
+        q, k, v, buf, *rest = ctx.saved_tensors  # unpacking runs autograd's version check
         needs = ctx.needs_input_grad[3:]
-        device_type, enabled, dtype = ctx.autocast
-        with torch.enable_grad(), torch.autocast(device_type, dtype=dtype, enabled=enabled):
-            leaves = [t.detach().requires_grad_(n) for t, n in zip((q, k, v), needs[:3])]
-            out = reference_attend(ctx.spec, m.lepe_global, m.lepe_local, *leaves, ctx.hw)  # (B, h, N, d)
-            wrt = [t for t, n in zip([*leaves, *params], needs) if n]
-            grads = iter(torch.autograd.grad(out, wrt, grad_buf.permute(0, 2, 1, 3).to(out.dtype), allow_unused=True))
-        return (None, None, None, *(next(grads) if n else None for n in needs))
+        if buf is not None:
+            stats = dict(zip(ctx.stat_names, rest))
+            grads = _fused_grads(ctx, q, k, v, buf, stats, grad_buf)
+        else:
+            grads = _reference_grads(ctx, q, k, v, grad_buf, needs)
+        return (None, None, None, *(g if n else None for g, n in zip(grads, needs)))
+
+
+def _fused_grads(ctx, q, k, v, buf, stats, grad_buf) -> list:
+    m = ctx.module
+    g = fused_backward(ctx.spec, m.lepe_weights(), q, k, v, buf.permute(0, 2, 1, 3), stats,
+                       grad_buf.permute(0, 2, 1, 3), ctx.hw, m.tuning)
+    lepe = []
+    for conv, dw, db in ((m.lepe_global, g.dw_global, g.dbias_global), (m.lepe_local, g.dw_local, g.dbias_local)):
+        if conv is not None:  # taps-first (9, C) back to the conv's (C, 1, 3, 3)
+            lepe += [dw.t().reshape(conv.weight.shape).to(conv.weight.dtype), db.to(conv.bias.dtype)]
+    return [g.dq, g.dk, g.dv, *lepe]
+
+
+def _reference_grads(ctx, q, k, v, grad_buf, needs) -> list:
+    m = ctx.module
+    params = m.lepe_params()  # the module's own tensors: the reference uses these
+    device_type, enabled, dtype = ctx.autocast
+    with torch.enable_grad(), torch.autocast(device_type, dtype=dtype, enabled=enabled):
+        leaves = [t.detach().requires_grad_(n) for t, n in zip((q, k, v), needs[:3])]
+        out = reference_attend(ctx.spec, m.lepe_global, m.lepe_local, *leaves, ctx.hw)  # (B, h, N, d)
+        wrt = [t for t, n in zip([*leaves, *params], needs) if n]
+        grads = iter(torch.autograd.grad(out, wrt, grad_buf.permute(0, 2, 1, 3).to(out.dtype), allow_unused=True))
+    return [next(grads) if n else None for n in needs]
 
 
 def _autocast_state(device_type: str) -> tuple[str, bool, torch.dtype]:
@@ -217,6 +242,14 @@ class ElfattAttention(Attention):
         else:
             buf, self.fast_info = fast_forward(spec, self.lepe_weights(), q, k, v, hw, self.tuning)
         return buf.permute(0, 2, 1, 3)  # (B, h, N, d) view of the (B, N, h, d) buffer
+
+    def score_recompute_flops(self, batch, hw):
+        """The stripes' QK^T again: SDPA (reference) and the fused backward both recompute it."""
+        if self.global_heads is None:
+            hl, dl = 1, self.head_dim - self.global_channels
+        else:
+            hl, dl = self.num_heads - self.global_heads, self.head_dim
+        return 2 * batch * hl * hw[0] * hw[1] * resolve_block_rows(self.block_rows, hw[0]) * hw[1] * dl
 
     def core_flops(self, batch, hw):
         n = hw[0] * hw[1]

@@ -67,6 +67,10 @@ class SdpaAttention(Attention):
     def core(self, q, k, v, hw):
         return sdpa(q, k, v, self.impl)
 
+    def score_recompute_flops(self, batch, hw):
+        # every backend but math is a fused kernel: its backward recomputes QK^T
+        return 0 if self.impl == "math" else exact_core_flops(batch, self.num_heads, self.head_dim, hw) // 2
+
     def unsupported_reasons(self, *, device, dtype, hw, batch):
         reasons = []
         if device.type != "cuda" and self.impl in ("efficient", "cudnn"):
@@ -131,3 +135,6 @@ class FlexAttention(Attention):
 
     def core_flops(self, batch, hw):
         return exact_core_flops(batch, self.num_heads, self.head_dim, hw)
+
+    def score_recompute_flops(self, batch, hw):
+        return exact_core_flops(batch, self.num_heads, self.head_dim, hw) // 2  # QK^T again

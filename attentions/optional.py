@@ -121,6 +121,9 @@ class FlashAttnAttention(Attention):
     def core_flops(self, batch, hw):
         return exact_core_flops(batch, self.num_heads, self.head_dim, hw)
 
+    def score_recompute_flops(self, batch, hw):
+        return exact_core_flops(batch, self.num_heads, self.head_dim, hw) // 2  # fused: QK^T again
+
 
 # --------------------------------------------------------------------------
 # xformers memory_efficient_attention
@@ -204,3 +207,6 @@ class XformersAttention(Attention):
 
     def core_flops(self, batch, hw):
         return exact_core_flops(batch, self.num_heads, self.head_dim, hw)
+
+    def score_recompute_flops(self, batch, hw):
+        return exact_core_flops(batch, self.num_heads, self.head_dim, hw) // 2  # fused: QK^T again

@@ -136,6 +136,9 @@ class SwinAttention(Attention):
         n_padded = -(-hw[0] // w) * w * (-(-hw[1] // w) * w)
         return 4 * batch * self.num_heads * n_padded * w * w * self.head_dim
 
+    def score_recompute_flops(self, batch, hw):
+        return self.core_flops(batch, hw) // 2  # SDPA's fused backward: the windows' QK^T again
+
 
 # -- cswin ---------------------------------------------------------------------
 @register_attention(
@@ -210,6 +213,9 @@ class CSWinAttention(Attention):
             dv = dh = self.head_dim
         attn = 4 * batch * n * (hv * H * self.stripe * dv + hh * self.stripe * W * dh)
         return attn + 2 * 9 * batch * self.dim * n
+
+    def score_recompute_flops(self, batch, hw):
+        return (self.core_flops(batch, hw) - 2 * 9 * batch * self.dim * hw[0] * hw[1]) // 2  # the stripes' QK^T
 
 
 # -- neighborhood --------------------------------------------------------------
@@ -324,3 +330,6 @@ class NeighborhoodAttention(Attention):
 
     def core_flops(self, batch, hw):
         return 4 * batch * self.num_heads * hw[0] * hw[1] * self.kernel**2 * self.head_dim
+
+    def score_recompute_flops(self, batch, hw):
+        return self.core_flops(batch, hw) // 2  # the useful QK^T again (the executed work is larger)

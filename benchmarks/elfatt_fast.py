@@ -2,13 +2,15 @@
 backend, measured side by side in one run with the harness's own timer.
 
     python -m benchmarks.elfatt_fast [CSV] [--res 224,1024,...] [--dtypes fp16,bf16]
-                                     [--graphs] [--tuning] [--no-vit] [--no-check]
+                                     [--graphs] [--tuning] [--fwd-bwd] [--no-vit] [--no-check]
 
 For each resolution (ViT-B/16: 12 heads x 64, patch 16; batch 256 at 224,
 32 at 512, 1 above) and dtype it times ``attend`` (the op; q, k, v are the
 layer's strided views of one qkv tensor) for: ELFATT ``reference``, ``fast``
 (Triton), ``fast_sdpa`` (stripes through SDPA + Triton LePE) and full SDPA
 pinned to flash, cudnn and efficient. Every module comes from the registry.
+``--fwd-bwd`` also times forward + backward of q, k, v (the fast path's
+fused Triton backward against SDPA's backward kernels).
 
 Timing: ``suite.measure.time_fn`` (CUDA events per call, L2 scrubbed before
 each call; ``--graphs`` adds CUDA-graph replays). Memory beyond the inputs:
@@ -67,6 +69,7 @@ class Target:
     resolution: int
     kind: str  # "max_ms" (fast p50 at most), "over_sdpa" (fastest SDPA / fast at least), "max_mem_ratio"
     bound: float
+    direction: str = "fwd"
 
 
 TARGETS = (
@@ -75,6 +78,9 @@ TARGETS = (
     Target("1024 px: no slower than the fastest SDPA", 1024, "over_sdpa", 1.0),
     Target("224 px, batch 256: within 1.1x of the fastest SDPA", 224, "over_sdpa", 1 / 1.1),
     Target("3072 px: memory beyond inputs <= 2x the output", 3072, "max_mem_ratio", 2.0),
+    Target("fwd+bwd, 3072 px: >= 10x the fastest SDPA", 3072, "over_sdpa", 10.0, "fwd_bwd"),
+    Target("fwd+bwd, 2048 px: >= 3x the fastest SDPA", 2048, "over_sdpa", 3.0, "fwd_bwd"),
+    Target("fwd+bwd, 1024 px: no slower than the fastest SDPA", 1024, "over_sdpa", 1.0, "fwd_bwd"),
 )
 
 
@@ -119,20 +125,33 @@ def floor_ms(res: int, batch: int, dtype: torch.dtype, ceil: tuple[float, float]
     return max(flops / ceil[0], nbytes / ceil[1]) * 1e3
 
 
-def measure_variant(m, q, k, v, hw, device, graphs: bool) -> tuple[dict, torch.Tensor]:
-    with torch.inference_mode():
-        fn = lambda: m.attend(q, k, v, hw)  # noqa: E731
-        out = fn()  # compiles / picks kernels outside the timed region
-        row = {"ms_p50": timed_ms(fn, device)}
-        if graphs:
-            row["ms_graph"] = timed_ms(fn, device, mode="cuda_graph")
-        row["beyond_inputs_mib"] = peak_memory(fn, device).extra_mib
+def measure_variant(m, q, k, v, hw, device, graphs: bool, direction: str = "fwd") -> tuple[dict, torch.Tensor]:
+    """Times of one variant; ``fwd_bwd``: the forward and the backward of q, k, v
+    for a fixed output gradient (fresh .grad each call)."""
+    if direction == "fwd_bwd":
+        q, k, v = (t.detach().requires_grad_(True) for t in (q, k, v))
+        grad = torch.randn(q.shape, device=q.device, dtype=q.dtype)
+
+        def fn():
+            for t in (q, k, v):
+                t.grad = None
+            torch.autograd.backward(m.attend(q, k, v, hw), grad, inputs=[q, k, v])
+            return q.grad
+    else:
+        def fn():
+            with torch.inference_mode():
+                return m.attend(q, k, v, hw)
+    out = fn()  # compiles / picks kernels outside the timed region
+    row = {"ms_p50": timed_ms(fn, device)}
+    if graphs and direction == "fwd":
+        row["ms_graph"] = timed_ms(fn, device, mode="cuda_graph")
+    row["beyond_inputs_mib"] = peak_memory(fn, device).extra_mib
     row["run_info"] = " ".join(f"{a}={b}" for a, b in m.run_info().items())
-    return row, out
+    return row, out.detach() if direction == "fwd" else m.attend(q, k, v, hw).detach()
 
 
 def run_case(res: int, dtype_name: str, ceil, args, device, tuning: dict | None = None,
-             variants=tuple(VARIANTS)) -> list[dict]:
+             variants=tuple(VARIANTS), direction: str = "fwd") -> list[dict]:
     dtype, batch = DTYPES[dtype_name], RES_BATCH[res]
     hw = (res // PATCH, res // PATCH)
     q, k, v = layer_qkv(batch, hw[0] * hw[1], dtype, device)
@@ -140,12 +159,13 @@ def run_case(res: int, dtype_name: str, ceil, args, device, tuning: dict | None 
     fp64, rows = None, []
     for variant in variants:
         row = {"resolution": res, "batch": batch, "dtype": dtype_name, "variant": variant, "status": "ok",
+               "direction": direction,
                "tuning": str(tuning or {}), "out_mib": batch * hw[0] * hw[1] * DIM * torch.finfo(dtype).bits / 8 / 2**20,
                "floor_ms": floor_ms(res, batch, dtype, ceil)}
         try:
             m = build(variant, dtype, device, state if VARIANTS[variant][0] == "elfatt" else None,
                       tuning if VARIANTS[variant][0] == "elfatt" else None)
-            measured, out = measure_variant(m, q, k, v, hw, device, args.graphs)
+            measured, out = measure_variant(m, q, k, v, hw, device, args.graphs, direction)
             row.update(measured)
             if args.check and VARIANTS[variant][0] == "elfatt":
                 if fp64 is None:
@@ -186,13 +206,14 @@ def vit_images_per_s(variant: str, res: int, batch: int, dtype: torch.dtype, dev
 
 
 def table(df: pd.DataFrame) -> list[str]:
-    head = ["res", "batch", "dtype", *VARIANTS, "best SDPA / fast", "floor / fast", "mem / out (fast)", "err fast"]
+    head = ["res", "batch", "dtype", "direction", *VARIANTS, "best SDPA / fast", "floor / fast", "mem / out (fast)",
+            "err fast"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for (res, dt), g in df[df["tuning"] == "{}"].groupby(["resolution", "dtype"]):
+    for (res, dt, direction), g in df[df["tuning"] == "{}"].groupby(["resolution", "dtype", "direction"]):
         by = g.set_index("variant")
         ok = {v: by.loc[v, "ms_p50"] for v in by.index if by.loc[v, "status"] == "ok"}
         fast, sdpa = ok.get("fast"), [ok[s] for s in SDPA if s in ok]
-        cells = [str(res), str(int(g["batch"].iloc[0])), dt]
+        cells = [str(res), str(int(g["batch"].iloc[0])), dt, direction]
         cells += [f"{ok[v]:.3f}" if v in ok else str(by.loc[v, "status"]).split(":")[0] for v in VARIANTS]
         cells.append(f"{min(sdpa) / fast:.2f}" if fast and sdpa else "")
         cells.append(f"{by.loc['fast', 'floor_ms'] / fast:.0%}" if fast else "")
@@ -207,7 +228,7 @@ def verdicts(df: pd.DataFrame, dtype: str = "fp16") -> list[tuple[str, str, str]
     out = []
     base = df[(df["tuning"] == "{}") & (df["dtype"] == dtype) & (df["status"] == "ok")]
     for t in TARGETS:
-        g = base[base["resolution"] == t.resolution].set_index("variant")
+        g = base[(base["resolution"] == t.resolution) & (base["direction"] == t.direction)].set_index("variant")
         if "fast" not in g.index:
             out.append((t.what, "not measured", "owed"))
             continue
@@ -236,6 +257,9 @@ def bench(args, device: torch.device) -> pd.DataFrame:
         print(f"ceilings {name}: matmul {ceil[0] / 1e12:.0f} TFLOP/s, copy {ceil[1] / 1e9:.0f} GB/s", flush=True)
         for res in args.resolutions:
             rows += run_case(res, name, ceil, args, device)
+            if args.fwd_bwd:
+                rows += run_case(res, name, ceil, args, device, variants=("reference", "fast", *SDPA),
+                                 direction="fwd_bwd")
             if args.tuning:
                 for t in tunings(sms)[1:]:
                     rows += run_case(res, name, ceil, args, device, tuning=t, variants=("fast",))
@@ -250,6 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dtypes", default="fp16,bf16", help="fp16 and/or bf16")
     p.add_argument("--graphs", action="store_true", help="also time CUDA-graph replays")
     p.add_argument("--tuning", action="store_true", help="also time the fast path's tuning variants")
+    p.add_argument("--fwd-bwd", action="store_true", help="also time forward + backward (the fused backward)")
     p.add_argument("--no-vit", dest="vit", action="store_false", help="skip the 12-block encoder at 3072")
     p.add_argument("--no-check", dest="check", action="store_false", help="skip the error vs float64")
     args = p.parse_args(argv)
@@ -274,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.csv)
     out.parent.mkdir(parents=True, exist_ok=True)
     df.to_csv(out, index=False)
-    lines = ["", *table(df), "", "| target (fp16) | measured | verdict |", "|---|---|---|"]
+    lines = ["", *table(df), "", "| target (fp16, op) | measured | verdict |", "|---|---|---|"]
     lines += [f"| {a} | {b} | {c} |" for a, b, c in verdicts(df)]
     if args.vit and 3072 in args.resolutions:
         lines += ["", "12-block ViT-B/16 encoder at 3072, batch 1, fp16, images/s (target: fast >= 70):",

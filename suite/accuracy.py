@@ -42,13 +42,19 @@ def exact_attention_fp64(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, chun
 
 def exact_layer_fp64(module: nn.Module, x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
     """Exact attention with ``module``'s qkv and proj weights, in float64."""
+    w = {"qkv.weight": module.qkv.weight, "qkv.bias": module.qkv.bias, "proj.weight": module.proj.weight,
+         "proj.bias": module.proj.bias}
+    return exact_layer_weights_fp64(x.double(), hw, module.num_heads,
+                                    {k: None if t is None else t.double() for k, t in w.items()})
+
+
+def exact_layer_weights_fp64(x: torch.Tensor, hw: tuple[int, int], heads: int, w: dict) -> torch.Tensor:
+    """Exact attention layer on x (B, N, C) with the given qkv / proj weights (float64)."""
     B, N, C = x.shape
-    h = module.num_heads
-    w_qkv = module.qkv.weight.double()
-    b_qkv = None if module.qkv.bias is None else module.qkv.bias.double()
-    qkv = nn.functional.linear(x.double(), w_qkv, b_qkv).reshape(B, N, 3, h, C // h).permute(2, 0, 3, 1, 4)
+    qkv = nn.functional.linear(x, w["qkv.weight"], w["qkv.bias"]).reshape(B, N, 3, heads, C // heads)
+    qkv = qkv.permute(2, 0, 3, 1, 4)
     out = exact_attention_fp64(qkv[0], qkv[1], qkv[2]).transpose(1, 2).reshape(B, N, C)
-    return nn.functional.linear(out, module.proj.weight.double(), module.proj.bias.double())
+    return nn.functional.linear(out, w["proj.weight"], w["proj.bias"])
 
 
 def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
@@ -84,3 +90,23 @@ def accuracy(module: nn.Module, out: torch.Tensor, inputs: tuple[torch.Tensor, .
             args64 = tuple(t.double() for t in first)
             own_err = rel_err(out0, m64.attend(*args64, hw) if workload == "op" else m64(*args64, hw))
     return Accuracy(rel_err(out0, exact), cos_sim(out0, exact), own_err)
+
+
+# -- gradients (direction bwd / fwd_bwd) ------------------------------------------
+def grads_of(forward, leaves: list[torch.Tensor], grad_out: torch.Tensor) -> list[torch.Tensor]:
+    """Gradients of ``forward()`` with respect to ``leaves`` for the output gradient ``grad_out``."""
+    leaves = [t.detach().requires_grad_(True) if t.grad_fn is not None or not t.requires_grad else t for t in leaves]
+    with torch.enable_grad():
+        out = forward(leaves)
+        return list(torch.autograd.grad(out, leaves, grad_out.to(out.dtype), allow_unused=True))
+
+
+def grad_errors(names: list[str], got: list[torch.Tensor], ref: list[torch.Tensor]) -> dict[str, float]:
+    """Relative error of each gradient against its reference (a gradient that is None compares as zeros)."""
+    out = {}
+    for name, a, b in zip(names, got, ref):
+        if b is None:
+            continue
+        a = torch.zeros_like(b) if a is None else a
+        out[name] = rel_err(a.to(b.device), b)
+    return out

@@ -109,6 +109,8 @@ class RunConfig:
     repeats: int = setting(0, "timed calls; 0: enough to fill min_time_s, at least 5")
     min_time_s: float = setting(1.0, "seconds of timed calls when repeats=0")
     flush_l2: bool = setting(True, "CUDA: clear the L2 cache before each timed call (as do_bench does)")
+    direction: str = setting("fwd", "fwd: the forward pass; bwd: the backward alone (forward run once outside the "
+                                    "timed call, fixed output gradient); fwd_bwd: both (op, layer, model)")
     timing: str = setting("eager", "eager: CUDA events (GPU) or perf_counter (CPU) per call; cuda_graph: replays of "
                                    "the call captured as a CUDA graph; kernels: the sum of one call's GPU kernel times")
     threads: int = setting(0, "torch CPU threads; 0: the CPUs in this process's affinity mask")

@@ -126,7 +126,8 @@ def plan(out: Path) -> list[tuple[str, list[str], float]]:
     py = sys.executable
     return [
         ("pytest_gpu", [py, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", "-rs"], 0.2),
-        ("bench_elfatt", [py, "-m", "benchmarks.elfatt_fast", str(out / "bench_elfatt.csv"), "--tuning", "--graphs"],
+        ("bench_elfatt", [py, "-m", "benchmarks.elfatt_fast", str(out / "bench_elfatt.csv"), "--tuning", "--graphs",
+                          "--fwd-bwd"],
          0.3),
         ("paper_speedup", [py, "run.py", "-m", "experiment=paper_speedup", *CORE,
                            f"hydra.sweep.dir={out / 'paper_speedup'}"], 0.25),

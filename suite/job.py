@@ -26,6 +26,7 @@ from .records import (
 )
 from .sweep.resume import resumed_record, skip_reason
 from .workloads import Case, Workload, get_workload
+from .workloads.base import DIRECTIONS
 
 
 def check_settings(job: Job) -> None:
@@ -38,6 +39,9 @@ def check_settings(job: Job) -> None:
                          "retries"), allow_zero=True)
     check_positive(cfg, ("noise_pct", "contention_cores"))
     check_choice("timing", cfg.timing, TIMINGS)
+    check_choice("direction", cfg.direction, DIRECTIONS)
+    if cfg.direction != "fwd" and cfg.workload.name == "train_proxy":
+        raise BadInput(f"direction={cfg.direction} applies to op, layer and model; train_proxy always trains")
 
 
 def measure_case(wl: Workload, case: Case, job: Job, device: torch.device, precision, base: dict) -> Record:

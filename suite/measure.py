@@ -247,9 +247,35 @@ def _sdpa_cpu_flops(query_shape, key_shape, value_shape, *args, out_shape=None, 
     return 2 * lead * n_q * n_k * d + 2 * lead * n_q * n_k * d_v
 
 
+def _sdpa_cpu_backward_flops(grad_out_shape, query_shape, key_shape, value_shape, *args, out_shape=None,
+                             **kwargs) -> int:
+    """Flops of the CPU flash SDPA backward, which FlopCounterMode does not know:
+    as torch counts the CUDA ones, the scores recomputed (QK^T) and four
+    matmuls for dP, dV, dQ, dK."""
+    lead = math.prod(query_shape[:-2])
+    n_q, d = query_shape[-2], query_shape[-1]
+    n_k, d_v = key_shape[-2], value_shape[-1]
+    return 2 * lead * n_q * n_k * (3 * d + 2 * d_v)
+
+
+def _conv_backward_flops(grad_out_shape, x_shape, w_shape, _bias, _stride, _padding, _dilation, transposed,
+                         _output_padding, _groups, output_mask, out_shape=None) -> int:
+    """Flops of a convolution's backward: the input gradient and the weight
+    gradient each cost the forward's 2 * outputs * (Cin / groups) * kh * kw.
+    torch 2.13's own formula ignores ``groups`` here and counts a depthwise
+    convolution's backward as a dense one (64x too many at 64 channels)."""
+    outputs = math.prod(x_shape if transposed else grad_out_shape)
+    per_pass = 2 * outputs * math.prod(w_shape[1:])
+    return per_pass * (int(bool(output_mask[0])) + int(bool(output_mask[1])))
+
+
 SDPA_KERNELS = {
     "aten::_scaled_dot_product_flash_attention": "flash",
+    "aten::_scaled_dot_product_flash_attention_backward": "flash",
+    "aten::_scaled_dot_product_efficient_attention_backward": "efficient",
+    "aten::_scaled_dot_product_cudnn_attention_backward": "cudnn",
     "aten::_scaled_dot_product_flash_attention_for_cpu": "flash_cpu",
+    "aten::_scaled_dot_product_flash_attention_for_cpu_backward": "flash_cpu",
     "aten::_scaled_dot_product_efficient_attention": "efficient",
     "aten::_scaled_dot_product_cudnn_attention": "cudnn",
     "aten::_scaled_dot_product_attention_math": "math",
@@ -258,13 +284,18 @@ SDPA_KERNELS = {
 
 
 def count_flops(fn: Fn) -> int:
-    """FLOPs seen by FlopCounterMode in one call (CPU flash SDPA formula registered)."""
+    """FLOPs seen by FlopCounterMode in one call (formulas registered for the CPU
+    flash SDPA forward and backward, which it does not know, and for the
+    convolution backward, which it counts wrongly for grouped convolutions)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     mapping = {}
-    cpu_op = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
-    if cpu_op is not None:
-        mapping[cpu_op] = _sdpa_cpu_flops
+    for name, formula in (("_scaled_dot_product_flash_attention_for_cpu", _sdpa_cpu_flops),
+                          ("_scaled_dot_product_flash_attention_for_cpu_backward", _sdpa_cpu_backward_flops),
+                          ("convolution_backward", _conv_backward_flops)):
+        op = getattr(torch.ops.aten, name, None)
+        if op is not None:
+            mapping[op] = formula
     counter = FlopCounterMode(display=False, custom_mapping=mapping)
     with counter:
         fn()

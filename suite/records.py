@@ -54,6 +54,7 @@ class Record:
     repeats: int = 0
     throughput_per_s: float = NAN  # images (batch items) per second at p50
     timing: str = "eager"  # eager, cuda_graph or kernels
+    direction: str = "fwd"  # fwd, bwd (the backward alone) or fwd_bwd
     # how it was timed, and whether to believe it (suite/conditions.py)
     timing_quality: str = ""  # ok, noisy, contended, throttled
     timing_note: str = ""  # why, and which attempt was kept
@@ -79,6 +80,10 @@ class Record:
     rel_err_vs_exact: float = NAN
     rel_err_vs_fp64: float = NAN
     cos_sim_vs_exact: float = NAN
+    grad_rel_err_vs_fp64: float = NAN  # direction bwd / fwd_bwd: the largest over the gradients (grad_errors)
+    grad_rel_err_vs_exact: float = NAN  # exact attentions: against float64 exact attention's gradients
+    grad_errors: str = ""  # JSON: each gradient's relative errors
+    saved_mib: float = NAN  # tensors the forward keeps for the backward
     # GPU readings (NVML; the device found by UUID), empty on CPU
     gpu_sm_clock_mhz: float = NAN  # at the end of the timed loop
     gpu_mem_clock_mhz: float = NAN
@@ -153,6 +158,8 @@ def base_fields(job: Job, identity: dict, device: torch.device, dtype_name: str,
         attention=str(cfg.attention.get("name")),
         variant=job.label,
         workload=cfg.workload.name,
+        direction=cfg.direction,
+        timing=cfg.timing,
         resolution=cfg.resolution,
         patch_size=cfg.patch_size,
         grid_h=hw[0],
@@ -229,7 +236,7 @@ def unmeasured_row(job: Job, status: str, reason: str) -> Record:
 # -- the case key ------------------------------------------------------------------
 CASE_KEY = ("attention", "attention_options", "workload", "resolution", "patch_size", "batch_size",
             "dim", "heads", "dtype", "device", "device_name")
-OPTIONAL_KEY = ("model", "proxy_task", "proxy_steps")
+OPTIONAL_KEY = ("model", "proxy_task", "proxy_steps", "direction", "timing")
 
 
 def case_key(row: dict | pd.Series, columns) -> tuple:

@@ -146,7 +146,8 @@ def taps_first(conv: torch.nn.Conv2d) -> torch.Tensor:
     return cached[1]
 
 
-def _or(value, default):
+def choose(value, default):
+    """A tuning knob's value, or the default when it is unset (None)."""
     return default if value is None else value
 
 
@@ -161,81 +162,93 @@ class Launch:
     num_stages: int
 
 
-def global_plan(B: int, G: int, N: int, D: int, dtype: torch.dtype, tuning: Tuning, sms: int) -> dict[str, Launch]:
-    """The global branch's launches (``ctx``, ``combine`` when split, ``out``) for G heads of width D."""
+def global_plan(B: int, G: int, N: int, D: int, dtype: torch.dtype, tuning: Tuning, sms: int,
+                stats: bool = False) -> dict[str, Launch]:
+    """The global branch's launches (``ctx``, ``combine`` when split, ``out``) for G heads of width D;
+    ``stats``: also store K's per-channel log-sum-exp (for the fused backward)."""
     BD = _pow2(D)
-    BN = _or(tuning.ctx_bn, min(64, _pow2(N)))
+    BN = choose(tuning.ctx_bn, min(64, _pow2(N)))
     # Splits: about one program per SM over all (batch, head) pairs (each
     # streams its chunk with several tiles in flight), never more than one
     # per BN tokens; each chunk is a multiple of BN.
-    target = _or(tuning.global_splits, max(1, math.ceil(sms / (B * G))))
+    target = choose(tuning.global_splits, max(1, math.ceil(sms / (B * G))))
     chunk = BN * math.ceil(math.ceil(N / max(1, target)) / BN)
     S = math.ceil(N / chunk)
     prec = _dot_prec(dtype)
     plan = {"ctx": Launch("global_context_kernel", dict(WIDTH=D, CHUNK=chunk, BN=BN, BD=BD, SINGLE=S == 1,
-                                                        DOT_PREC=prec), tuning.ctx_warps, tuning.ctx_stages)}
+                                                        DOT_PREC=prec, STORE_STATS=stats and S == 1),
+                          tuning.ctx_warps, tuning.ctx_stages)}
     if S > 1:  # CR = 8 ctx rows per combine program: BD/8 programs per head share the merge
-        plan["combine"] = Launch("global_combine_kernel", dict(WIDTH=D, S=S, BD=BD, CR=8), 4, 3)
-    BM = _or(tuning.out_bm, min(64, _pow2(N)))
+        plan["combine"] = Launch("global_combine_kernel", dict(WIDTH=D, S=S, BD=BD, CR=8, STORE_STATS=stats), 4, 3)
+    BM = choose(tuning.out_bm, min(64, _pow2(N)))
     plan["out"] = Launch("global_out_kernel", dict(WIDTH=D, BM=BM, BD=BD, DOT_PREC=prec,
-                                                   LEPE_UNROLL=_or(tuning.lepe_unroll, True)), tuning.out_warps, 2)
+                                                   LEPE_UNROLL=choose(tuning.lepe_unroll, True)), tuning.out_warps, 2)
     return plan
 
 
-def local_plan(L: int, D: int, dtype: torch.dtype, tuning: Tuning) -> dict[str, Launch]:
+def local_plan(L: int, D: int, dtype: torch.dtype, tuning: Tuning, lse: bool = False) -> dict[str, Launch]:
     """The local branch's launch for stripes of L tokens and width D: the fused
-    stripe kernel, or (``local=sdpa``) the LePE epilogue after SDPA."""
+    stripe kernel, or (``local=sdpa``) the LePE epilogue after SDPA. ``lse``:
+    the stripe kernel also stores each row's log-sum-exp (for the fused
+    backward; it forces the Triton stripe kernel)."""
     BD = _pow2(D)
-    if tuning.local == "triton":
-        BM = _or(tuning.stripe_bm, min(128 if BD <= 64 else 64, _pow2(L)))
-        BN = _or(tuning.stripe_bn, min(64, _pow2(L)))
+    if tuning.local == "triton" or lse:
+        BM = choose(tuning.stripe_bm, min(128 if BD <= 64 else 64, _pow2(L)))
+        BN = choose(tuning.stripe_bn, min(64, _pow2(L)))
         consts = dict(WIDTH=D, L=L, BM=BM, BN=BN, BD=BD, DOT_PREC=_dot_prec(dtype),
-                      LEPE_UNROLL=_or(tuning.lepe_unroll, False))  # the loop keeps 125 registers at BM=128 (sm_90)
-        warps = _or(tuning.stripe_warps, 4 if BM <= 64 else 8)
+                      LEPE_UNROLL=choose(tuning.lepe_unroll, False),  # the loop keeps 125 registers at BM=128 (sm_90)
+                      STORE_LSE=lse)
+        warps = choose(tuning.stripe_warps, 4 if BM <= 64 else 8)
         return {"stripe": Launch("stripe_attn_kernel", consts, warps, tuning.stripe_stages)}
-    BM = _or(tuning.out_bm, min(64, _pow2(L)))
+    BM = choose(tuning.out_bm, min(64, _pow2(L)))
     return {"epilogue": Launch("stripe_epilogue_kernel", dict(WIDTH=D, BM=BM, BD=BD,
-                                                              LEPE_UNROLL=_or(tuning.lepe_unroll, True)), 4, 2)}
+                                                              LEPE_UNROLL=choose(tuning.lepe_unroll, True)), 4, 2)}
 
 
 def case_plan(spec: ElfattSpec, batch: int, hw: tuple[int, int], dtype: torch.dtype, tuning: Tuning = Tuning(),
-              sms: int = 132) -> dict[str, Launch]:
-    """Every launch of one fast forward (for ahead-of-time compile checks)."""
+              sms: int = 132, stats: bool = False) -> dict[str, Launch]:
+    """Every launch of one fast forward (for ahead-of-time compile checks);
+    ``stats``: the forward that keeps what the fused backward needs."""
     N = hw[0] * hw[1]
     plan = {}
     if spec.has_global():
-        G = spec.global_heads if spec.global_heads is not None else 1
-        plan |= global_plan(batch, G, N, spec.widths[0], dtype, tuning, sms)
+        plan |= global_plan(batch, spec.global_count, N, spec.widths[0], dtype, tuning, sms, stats)
     if spec.has_local():
-        plan |= local_plan(spec.block_rows * hw[1], spec.widths[-1], dtype, tuning)
+        plan |= local_plan(spec.block_rows * hw[1], spec.widths[-1], dtype, tuning, stats)
     return plan
 
 
-def _launch(kt, launch: Launch, grid, *args, info=None, name=""):
-    compiled = getattr(kt, launch.kernel)[grid](*args, **launch.consts, num_warps=launch.num_warps,
+def _launch(kt, launch: Launch, grid, *args, info=None, name="", **pointers):
+    """Launch ``launch`` on ``grid``: positional arguments, then named ones (pointers that
+    follow the constexprs in the signature), then the plan's constants."""
+    compiled = getattr(kt, launch.kernel)[grid](*args, **pointers, **launch.consts, num_warps=launch.num_warps,
                                                 num_stages=launch.num_stages)
     if info is not None:
         _usage(info, name, compiled)
 
 
-def _global_branch(kt, q, k, v, w, bias, o, hw, tuning: Tuning, info):
-    """Global heads: q, k, v, o are (B, G, N, D) views; w (9, G*D), bias (G*D,)."""
+def _global_branch(kt, q, k, v, w, bias, o, hw, tuning: Tuning, info, kstats=None) -> torch.Tensor:
+    """Global heads: q, k, v, o are (B, G, N, D) views; w (9, G*D), bias (G*D,).
+    Returns ctx (B*G, BD, BD); ``kstats`` (B*G, BD) fp32, when given, receives
+    K's per-channel base-2 log-sum-exp."""
     B, G, N, D = q.shape
     H, W = hw
-    plan = global_plan(B, G, N, D, q.dtype, tuning, _sm_count(q.device))
+    plan = global_plan(B, G, N, D, q.dtype, tuning, _sm_count(q.device), stats=kstats is not None)
     ctx_c, BD = plan["ctx"].consts, _pow2(D)
     S = math.ceil(N / ctx_c["CHUNK"])
     ctx = torch.empty(B * G, BD, BD, device=q.device, dtype=q.dtype)
     ws = torch.empty(B * G * S * (BD * BD + 2 * BD), device=q.device, dtype=torch.float32) if S > 1 else ctx
+    stats = ctx if kstats is None else kstats  # a placeholder pointer when not stored
     _launch(kt, plan["ctx"], (S, B * G), k, v, ws, ctx, k.stride(0), k.stride(1), k.stride(2), v.stride(0),
-            v.stride(1), v.stride(2), N, G, S, info=info, name="ctx")
+            v.stride(1), v.stride(2), N, G, S, info=info, name="ctx", stats_ptr=stats)
     if S > 1:
-        _launch(kt, plan["combine"], (B * G, BD // plan["combine"].consts["CR"]), ws, ctx)
+        _launch(kt, plan["combine"], (B * G, BD // plan["combine"].consts["CR"]), ws, ctx, stats_ptr=stats)
     BM = plan["out"].consts["BM"]
     _launch(kt, plan["out"], (math.ceil(N / BM), B * G), q, v, ctx, w, bias, o, q.stride(0), q.stride(1),
             q.stride(2), v.stride(0), v.stride(1), v.stride(2), o.stride(0), o.stride(1), o.stride(2), w.stride(0),
             N, H, W, G, info=info, name="out")
     info["global"] = f"splits={S} chunk={ctx_c['CHUNK']} BN={ctx_c['BN']} BM={BM}"
+    return ctx
 
 
 def _stripe_blocks(t: torch.Tensor, stripes: int):
@@ -254,19 +267,20 @@ def _stripe_blocks(t: torch.Tensor, stripes: int):
         return t.reshape(B, h * stripes, L, D), "A"  # a copy; no layout here needs it
 
 
-def _local_branch(kt, q, k, v, w, bias, o, hw, r, tuning: Tuning, info):
-    """Local heads: softmax attention inside stripes of r rows + stripe LePE."""
+def _local_branch(kt, q, k, v, w, bias, o, hw, r, tuning: Tuning, info, lse=None):
+    """Local heads: softmax attention inside stripes of r rows + stripe LePE.
+    ``lse`` (B, HL, N) fp32, when given, receives each row's base-2 log-sum-exp."""
     B, HL, N, D = q.shape
     H, W = hw
     L, stripes = r * W, H // r
-    plan = local_plan(L, D, q.dtype, tuning)
+    plan = local_plan(L, D, q.dtype, tuning, lse=lse is not None)
     if "stripe" in plan:
         c = plan["stripe"].consts
         tiles = math.ceil(L / c["BM"])
         _launch(kt, plan["stripe"], (stripes * tiles, B * HL), q, k, v, w, bias, o, q.stride(0), q.stride(1),
                 q.stride(2), k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2),
                 o.stride(0), o.stride(1), o.stride(2), w.stride(0), H, W, r, HL, tiles,
-                1.4426950408889634 / math.sqrt(D), info=info, name="stripe")
+                1.4426950408889634 / math.sqrt(D), info=info, name="stripe", lse_ptr=o if lse is None else lse)
         info["local"] = f"triton BM={c['BM']} BN={c['BN']}"
         return
     (qb, form), (kb, _), (vb, _) = (_stripe_blocks(t, stripes) for t in (q, k, v))
@@ -294,22 +308,36 @@ def check_launchable(spec: ElfattSpec, q: torch.Tensor, k: torch.Tensor, v: torc
         raise Unsupported(f"impl=fast indexes tokens in int32; N={N} tokens with these strides overflow it")
 
 
+def empty(shape, like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """An output buffer; NaN-filled under POISON, so an element no kernel writes shows."""
+    if POISON:
+        return torch.full(shape, float("nan"), device=like.device, dtype=dtype or like.dtype)
+    return torch.empty(shape, device=like.device, dtype=dtype or like.dtype)
+
+
 def fast_forward(spec: ElfattSpec, lepe: LepeWeights, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                 hw: tuple[int, int], tuning: Tuning = Tuning()) -> tuple[torch.Tensor, dict[str, str]]:
-    """The fast forward (no autograd): the (B, N, h, d) output buffer and what ran (tiles, registers)."""
+                 hw: tuple[int, int], tuning: Tuning = Tuning(), stats: dict | None = None
+                 ) -> tuple[torch.Tensor, dict[str, str]]:
+    """The fast forward (no autograd): the (B, N, h, d) output buffer and what ran (tiles, registers).
+    ``stats`` (a dict): also keep what the fused backward needs in it (``ctx``,
+    ``kstats``, ``lse``; the local branch then runs the Triton stripe kernel)."""
     check_launchable(spec, q, k, v)
     kt = load_kernels()
     B, h, N, d = q.shape
-    if POISON:
-        buf = torch.full((B, N, h, d), float("nan"), device=q.device, dtype=q.dtype)
-    else:
-        buf = torch.empty((B, N, h, d), device=q.device, dtype=q.dtype)
+    buf = empty((B, N, h, d), q)
     out = buf.permute(0, 2, 1, 3)  # (B, h, N, d) view of the (B, N, C) buffer
     q, k, v = _unit_last(q), _unit_last(k), _unit_last(v)
     (qg, ql), (kg, kl), (vg, vl), (og, ol) = (spec.split(t) for t in (q, k, v, out))
     info: dict[str, str] = {}
+    keep = stats is not None
     if spec.has_global():
-        _global_branch(kt, qg, kg, vg, lepe.global_taps, lepe.global_bias, og, hw, tuning, info)
+        kstats = torch.empty(B * qg.shape[1], _pow2(qg.shape[-1]), device=q.device, dtype=torch.float32) if keep else None
+        ctx = _global_branch(kt, qg, kg, vg, lepe.global_taps, lepe.global_bias, og, hw, tuning, info, kstats)
+        if keep:
+            stats.update(ctx=ctx, kstats=kstats)
     if spec.has_local():
-        _local_branch(kt, ql, kl, vl, lepe.local_taps, lepe.local_bias, ol, hw, spec.block_rows, tuning, info)
+        lse = torch.empty(B, ql.shape[1], N, device=q.device, dtype=torch.float32) if keep else None
+        _local_branch(kt, ql, kl, vl, lepe.local_taps, lepe.local_bias, ol, hw, spec.block_rows, tuning, info, lse)
+        if keep:
+            stats["lse"] = lse
     return buf, info

@@ -93,6 +93,7 @@ def global_context_kernel(
     s_kb, s_kh, s_kn, s_vb, s_vh, s_vn,
     N, G, S,
     WIDTH: tl.constexpr, CHUNK: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, SINGLE: tl.constexpr, DOT_PREC: tl.constexpr,
+    stats_ptr, STORE_STATS: tl.constexpr,
 ):
     """Column softmax of K over tokens fused with the d x d context k_hat^T V.
 
@@ -102,6 +103,9 @@ def global_context_kernel(
     exactly as flash attention does along the other axis. SINGLE (one split):
     write ctx = acc / l straight away; otherwise write (m, l, acc) in fp32 to
     the workspace for ``global_combine_kernel`` (deterministic, no atomics).
+    STORE_STATS (for the backward, with SINGLE): also write each channel's
+    log-sum-exp in base 2, m + log2(l), to ``stats_ptr`` (B*G, BD) fp32, so
+    that k_hat[n, c] = exp2(k[n, c] * log2(e) - stats[c]).
     """
     pid_s = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -133,6 +137,8 @@ def global_context_kernel(
     if SINGLE:
         ctx = tl.where(c_mask[:, None] & c_mask[None, :], acc / l[:, None], 0.0)
         tl.store(ctx_ptr + pid_bh.to(tl.int64) * BD * BD + offs_cc, ctx.to(ctx_ptr.dtype.element_ty))
+        if STORE_STATS:
+            tl.store(stats_ptr + pid_bh.to(tl.int64) * BD + offs_c, m + tl.log2(l))
     else:
         rec = ws_ptr + (pid_bh.to(tl.int64) * S + pid_s) * (BD * BD + 2 * BD)
         tl.store(rec + offs_c, m)
@@ -141,11 +147,14 @@ def global_context_kernel(
 
 
 @triton.jit
-def global_combine_kernel(ws_ptr, ctx_ptr, WIDTH: tl.constexpr, S: tl.constexpr, BD: tl.constexpr, CR: tl.constexpr):
+def global_combine_kernel(ws_ptr, ctx_ptr, WIDTH: tl.constexpr, S: tl.constexpr, BD: tl.constexpr, CR: tl.constexpr,
+                          stats_ptr, STORE_STATS: tl.constexpr):
     """Merge the S split records of one (batch, head) into ctx = acc / l, for
     CR rows (k channels) of ctx per program, summing splits in index order
     (deterministic). The max over splits comes first, so the S loads of the
-    second loop are independent of each other and can all be in flight."""
+    second loop are independent of each other and can all be in flight.
+    STORE_STATS: also write the merged K statistics of these rows, as
+    ``global_context_kernel`` does with one split."""
     pid = tl.program_id(0)
     rows = tl.program_id(1) * CR + tl.arange(0, CR)
     offs_c = tl.arange(0, BD)
@@ -163,6 +172,8 @@ def global_combine_kernel(ws_ptr, ctx_ptr, WIDTH: tl.constexpr, S: tl.constexpr,
         acc += tl.load(rec + 2 * BD + rows[:, None] * BD + offs_c[None, :]) * beta[:, None]
     ctx = tl.where((rows < WIDTH)[:, None] & (offs_c < WIDTH)[None, :], acc / l[:, None], 0.0)
     tl.store(ctx_ptr + pid.to(tl.int64) * BD * BD + rows[:, None] * BD + offs_c[None, :], ctx.to(ctx_ptr.dtype.element_ty))
+    if STORE_STATS:
+        tl.store(stats_ptr + pid.to(tl.int64) * BD + rows, m + tl.log2(l))
 
 
 @triton.jit
@@ -202,6 +213,7 @@ def stripe_attn_kernel(
     H, W, R, HL, TILES, qk_scale,
     WIDTH: tl.constexpr, L: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, DOT_PREC: tl.constexpr,
     LEPE_UNROLL: tl.constexpr,
+    lse_ptr, STORE_LSE: tl.constexpr,
 ):
     """Softmax attention inside one stripe of R rows (L = R*W tokens) + stripe LePE.
 
@@ -209,6 +221,9 @@ def stripe_attn_kernel(
     against the stripe's L keys in BN steps (online softmax, flash style);
     tiles never cross a stripe, so the stripe's bounds are scalars.
     ``qk_scale`` = log2(e) / sqrt(width).
+    STORE_LSE (for the backward): also write each query row's log-sum-exp of
+    its scaled base-2 scores, m + log2(l), to ``lse_ptr`` (B, HL, N) fp32, so
+    that p[i, j] = exp2(q_i . k_j * qk_scale - lse[i]).
     """
     pid_t = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -246,6 +261,8 @@ def stripe_attn_kernel(
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PREC)
         m_i = m_new
     acc = acc / l_i[:, None]
+    if STORE_LSE:
+        tl.store(lse_ptr + pid_bh.to(tl.int64) * (H * W) + offs_m, m_i + tl.log2(l_i), mask=m_mask)
     acc += _lepe(v_base, s_vn, w_ptr + hh * WIDTH, s_wt, b_ptr + hh * WIDTH, offs_m, offs_c, c_mask, m_mask, H, W, R,
                  LEPE_UNROLL)
     o = o_ptr + b * s_ob + hh * s_oh + offs_m[:, None] * s_on + offs_c[None, :]

@@ -10,6 +10,7 @@ import torch
 from ..functional import SDPA_IMPLS
 
 LOCAL_MODES = ("triton", "sdpa")
+BACKWARDS = ("fused", "reference")
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,11 @@ class ElfattSpec:
     @property
     def concat_dim(self) -> int:
         return 1 if self.global_heads is not None else -1
+
+    @property
+    def global_count(self) -> int:
+        """Heads of the global branch's views (the one split head counts as one)."""
+        return self.global_heads if self.global_heads is not None else 1
 
     def has_global(self) -> bool:
         return self.global_channels > 0
@@ -71,7 +77,8 @@ class Tuning:
     global_splits: token splits of the context pass (default: about one
     program per SM over batch x heads). ctx_*/out_*/stripe_*: tile sizes,
     warps and pipeline stages of each kernel. lepe_unroll: unroll the LePE's
-    3 taps per row (more registers, more loads in flight).
+    3 taps per row (more registers, more loads in flight). backward and bwd_*:
+    the backward pass (below).
     """
 
     local: str = "triton"
@@ -87,6 +94,21 @@ class Tuning:
     stripe_warps: int | None = None
     stripe_stages: int = 2
     lepe_unroll: bool | None = None
+    # The backward: ``fused`` (Triton kernels) or ``reference`` (autograd of the
+    # plain-PyTorch definition); bwd_*: tiles, warps, splits of the fused one.
+    backward: str = "fused"
+    bwd_splits: int | None = None
+    bwd_red_bm: int | None = None
+    bwd_red_warps: int | None = None
+    bwd_tile_bm: int | None = None
+    bwd_tile_warps: int | None = None
+    bwd_kv_bm: int | None = None
+    bwd_kv_bn: int | None = None
+    bwd_kv_warps: int | None = None
+    bwd_q_bm: int | None = None
+    bwd_q_bn: int | None = None
+    bwd_q_warps: int | None = None
+    bwd_stages: int | None = None
 
     @classmethod
     def from_dict(cls, options: dict | None) -> "Tuning":
@@ -100,8 +122,10 @@ class Tuning:
             raise ValueError(f"tuning.local={options['local']!r}; valid: {', '.join(LOCAL_MODES)}")
         if options.get("sdpa_impl", "auto") not in SDPA_IMPLS:
             raise ValueError(f"tuning.sdpa_impl={options['sdpa_impl']!r}; valid: {', '.join(SDPA_IMPLS)}")
+        if options.get("backward", "fused") not in BACKWARDS:
+            raise ValueError(f"tuning.backward={options['backward']!r}; valid: {', '.join(BACKWARDS)}")
         for key, value in options.items():
-            if key in ("local", "sdpa_impl") or value is None:
+            if key in ("local", "sdpa_impl", "backward") or value is None:
                 continue
             if key == "lepe_unroll":
                 if not isinstance(value, bool):

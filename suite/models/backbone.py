@@ -235,6 +235,13 @@ class Backbone(nn.Module):
         total += 2 * batch * self.head.in_features * self.head.out_features
         return {"total": total, "attention": attn}
 
+    def backward_flops(self, batch: int) -> int:
+        """Analytic FLOPs of one backward, by the attentions' convention: every
+        matmul and convolution twice (both operands' gradients), but the stem's
+        once (the images need no gradient), plus the attentions' recomputation."""
+        recompute = sum(blk.attn.score_recompute_flops(batch, sp.grid) for sp, _, blk in blocks_of(self))
+        return 2 * self.flops(batch)["total"] - self.stem.flops(batch, self.plan.stages[0].grid) + recompute
+
 
 def build_model(plan: ModelPlan, in_chans: int = 3) -> Backbone:
     return Backbone(plan, in_chans)

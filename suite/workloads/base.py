@@ -46,6 +46,7 @@ class Built:
     items_per_call: int = 1
     facts: dict = field(default_factory=dict)  # columns known once built (params, FLOPs per image...)
     started: float = 0.0  # perf_counter when building began (for whole-job wall times)
+    grad_out: torch.Tensor | None = None  # the fixed output gradient of a backward
 
 
 @dataclass
@@ -95,7 +96,7 @@ class Workload:
         cfg = job.cfg
         out = built.fn()
         status, notes = "ok", []
-        if not torch.isfinite(out).all():
+        if not all_finite(out):
             status, notes = "error", ["output has non-finite values"]
         nvml = Nvml(device)
 
@@ -111,6 +112,10 @@ class Workload:
             m.update(energy_j=t.energy_j, avg_power_w=t.energy_j / t.busy_s if t.busy_s > 0 else float("nan"))
         mem = peak_memory(built.fn, device)
         m.update(peak_mem_mib=mem.peak_mib, peak_extra_mem_mib=mem.extra_mib, mem_method=mem.method)
+        saved = built.facts.get("saved_mib", float("nan"))
+        if device.type != "cuda" and cfg.direction == "bwd" and saved == saved:
+            # the CPU profiler sees the call's own allocations; the saved tensors were made before it
+            m.update(peak_mem_mib=mem.peak_mib + saved, mem_method=mem.method + "+saved_tensors")
         m["sdpa_kernels"] = ",".join(sorted(sdpa_kernels(built.fn)))
         try:  # accuracy, shares, fidelity: annotations that never cost the measurement above
             extra, extra_notes = self.extras(case, built, out, job, device)
@@ -155,3 +160,63 @@ def inference(fn: Callable[[], torch.Tensor], device: torch.device, precision: P
             return fn()
 
     return call
+
+
+DIRECTIONS = ("fwd", "bwd", "fwd_bwd")
+
+
+@dataclass
+class Directed:
+    """The timed call for a direction, and what the backward needs to be checked."""
+
+    fn: Callable
+    leaves: list  # the tensors whose gradients the backward computes
+    grad_out: torch.Tensor | None = None
+    saved_mib: float = float("nan")  # tensors the forward saved for the backward
+
+
+def directed(forward: Callable[[], torch.Tensor], leaves: list, direction: str, device: torch.device,
+             precision: Precision, seed: int) -> Directed:
+    """``fwd``: the forward under no_grad. ``bwd``: the forward runs once here,
+    outside the timed call, and keeps its graph; the call is the backward alone,
+    with a fixed (seeded) output gradient. ``fwd_bwd``: both in every call.
+    The backward computes the gradients of ``leaves`` (inputs and weights)."""
+    if direction == "fwd":
+        return Directed(inference(forward, device, precision), leaves)
+    for t in leaves:
+        t.requires_grad_(True)
+
+    def run_forward():
+        with torch.enable_grad(), autocast_context(device, precision):
+            return forward()
+
+    saved: dict[int, int] = {}
+
+    def keep(t):  # count each storage the graph keeps once
+        saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
+        out = run_forward()
+    grad_out = seeded_randn(tuple(out.shape), seed + 99, device, out.dtype)
+
+    def backward(y, keep: bool):
+        # .backward into fresh .grad tensors (as after zero_grad(set_to_none=True)); autograd.grad would do,
+        # but FlopCounterMode cannot count it through modules
+        for t in leaves:
+            t.grad = None
+        torch.autograd.backward(y, grad_out, retain_graph=keep, inputs=leaves)
+        return [t.grad for t in leaves]
+
+    if direction == "bwd":
+        def fn():
+            return backward(out, True)
+    else:
+        def fn():
+            return backward(run_forward(), False)
+    return Directed(fn, leaves, grad_out, sum(saved.values()) / 2**20)
+
+
+def all_finite(out) -> bool:
+    outs = out if isinstance(out, (tuple, list)) else (out,)
+    return all(bool(torch.isfinite(t).all()) for t in outs if t is not None)

@@ -48,7 +48,7 @@ from ..models import (
     model_info, plan_model, replace_attention, stride_of, valid_resolutions,
 )
 from ..records import failure
-from .base import Built, Case, Column, Workload, inference, seeded_randn
+from .base import Built, Case, Column, Workload, directed, seeded_randn
 from .registry import register_workload
 
 SUMMARY = (
@@ -211,19 +211,25 @@ class Model(Workload):
             device=device, dtype=precision.compute_dtype, hw=sp.grid, batch=job.cfg.batch_size))
 
     def build(self, case, job, device, precision):
-        model, batch, res = case.data, job.cfg.batch_size, job.cfg.resolution
+        model, batch, res, direction = case.data, job.cfg.batch_size, job.cfg.resolution, job.cfg.direction
         fl = model.flops(batch)
-        facts = dict(params=count_params(model), flops_per_image_analytic=fl["total"] / batch,
+        flops = {"fwd": fl["total"], "bwd": model.backward_flops(batch)}
+        flops["fwd_bwd"] = flops["fwd"] + flops["bwd"]
+        facts = dict(params=count_params(model), flops_per_image_analytic=flops[direction] / batch,
                      attn_flops_per_image_analytic=fl["attention"] / batch)
         model.to(device=device, dtype=precision.param_dtype).eval()
         images = seeded_randn((batch, 3, res, res), job.cfg.seed + 1, device, precision.param_dtype)
-        return Built(inference(lambda: model(images), device, precision), (images,), float(fl["total"]), batch, facts)
+        d = directed(lambda: model(images), list(model.parameters()), direction, device, precision, job.cfg.seed)
+        facts["saved_mib"] = d.saved_mib
+        return Built(d.fn, (images,), float(flops[direction]), batch, facts, grad_out=d.grad_out)
 
     def extras(self, case, built, out, job, device):
         model, mc, cfg = case.data, job.cfg.model, job.cfg
         m, notes = {}, []
-        if mc.attn_share:
+        if mc.attn_share and cfg.direction == "fwd":
             m.update(latency_shares(model, built.fn, device, cfg))
+        elif mc.attn_share:
+            notes.append("attention share measured for direction=fwd only")
         if mc.fidelity and cfg.accuracy:
             try:
                 m.update(fidelity(model, mc, cfg.resolution, device, cfg.seed))

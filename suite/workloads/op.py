@@ -3,11 +3,15 @@
 Under ``precision=amp`` q, k and v are made in the autocast dtype (fp16 on
 CUDA, bf16 on CPU), as the layer's qkv Linear would hand them over under
 autocast: every attention gets the same inputs, whether or not its own ops
-autocast (SDPA does, a Triton kernel does not).
+autocast (SDPA does, a Triton kernel does not). With ``direction`` bwd or
+fwd_bwd the backward computes dq, dk and dv.
 """
 from __future__ import annotations
 
-from .base import inference, seeded_randn
+import torch
+
+from .. import accuracy as acc
+from .base import seeded_randn
 from .registry import register_workload
 from .single import SingleAttention
 
@@ -21,6 +25,15 @@ class Op(SingleAttention):
         dtype = precision.compute_dtype if precision.autocast else precision.param_dtype
         return tuple(seeded_randn(shape, seed + 1 + i, device, dtype) for i in range(3))
 
-    def callable(self, module, inputs, hw, device, precision):
+    def forward(self, module, inputs, hw):
         q, k, v = inputs
-        return inference(lambda: module.attend(q, k, v, hw), device, precision)
+        return module.attend(q, k, v, hw)
+
+    def leaves(self, module, inputs):
+        return list(inputs)
+
+    def grad_names(self, module):
+        return ["dq", "dk", "dv"]
+
+    def exact_reference_grads(self, module, first64, go64, hw):
+        return acc.grads_of(lambda xs: acc.exact_attention_fp64(*xs), first64, go64)

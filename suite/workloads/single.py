@@ -12,7 +12,7 @@ import attentions
 from .. import accuracy as acc
 from ..config import BadInput, Job, attention_options, check_positive, grid_of
 from ..device import Precision, available_bytes
-from .base import Built, Case, Column, Workload
+from .base import Built, Case, Column, Workload, autocast_context, directed, inference
 
 SUMMARY = (
     Column("attention", "variant", ""), Column("res", "resolution", "d"),
@@ -56,18 +56,37 @@ class SingleAttention(Workload):
         return case.data.memory_estimate(job.cfg.batch_size, case.identity["grid"], itemsize, self.name)
 
     def build(self, case, job, device, precision):
-        module, hw = case.data, case.identity["grid"]
+        module, hw, cfg = case.data, case.identity["grid"], job.cfg
         module.to(device=device, dtype=precision.param_dtype).eval()
-        torch.manual_seed(job.cfg.seed)
-        inputs = self.inputs(module, job.cfg.batch_size, hw, device, precision, job.cfg.seed)
-        fn = self.callable(module, inputs, hw, device, precision)
-        return Built(fn, inputs, float(module.flops(job.cfg.batch_size, hw, self.name)), job.cfg.batch_size)
+        torch.manual_seed(cfg.seed)
+        inputs = self.inputs(module, cfg.batch_size, hw, device, precision, cfg.seed)
+        flops = {"fwd": module.flops(cfg.batch_size, hw, self.name),
+                 "bwd": module.backward_flops(cfg.batch_size, hw, self.name)}
+        flops["fwd_bwd"] = flops["fwd"] + flops["bwd"]
+        if cfg.direction == "fwd":
+            fn = self.callable(module, inputs, hw, device, precision)
+            return Built(fn, inputs, float(flops["fwd"]), cfg.batch_size)
+        d = directed(lambda: self.forward(module, inputs, hw), self.leaves(module, inputs), cfg.direction, device,
+                     precision, cfg.seed)
+        return Built(d.fn, inputs, float(flops[cfg.direction]), cfg.batch_size,
+                     facts={"saved_mib": d.saved_mib}, grad_out=d.grad_out)
 
     def inputs(self, module, batch: int, hw, device, precision: Precision, seed: int) -> tuple[torch.Tensor, ...]:
         raise NotImplementedError
 
-    def callable(self, module, inputs, hw, device, precision: Precision):
+    def forward(self, module, inputs, hw) -> torch.Tensor:
+        """The call this workload times, on ``inputs``."""
         raise NotImplementedError
+
+    def leaves(self, module, inputs) -> list[torch.Tensor]:
+        """What the backward differentiates: the inputs (op), the input and every weight (layer)."""
+        raise NotImplementedError
+
+    def grad_names(self, module) -> list[str]:
+        raise NotImplementedError
+
+    def callable(self, module, inputs, hw, device, precision: Precision):
+        return inference(lambda: self.forward(module, inputs, hw), device, precision)
 
     def extras(self, case, built, out, job, device):
         cfg, hw = job.cfg, case.identity["grid"]
@@ -75,6 +94,8 @@ class SingleAttention(Workload):
             return {}, []
         if hw[0] * hw[1] > cfg.accuracy_max_tokens:
             return {}, [f"accuracy skipped: {hw[0] * hw[1]} tokens > accuracy_max_tokens={cfg.accuracy_max_tokens}"]
+        if cfg.direction != "fwd":
+            return self.gradient_accuracy(case.data, built, hw, self.precision_of(job, device))
         # The module's own float64 copy is as big as the module's call (8 bytes per element).
         need = case.data.memory_estimate(1, hw, 8, self.name)
         have = available_bytes(device)[0]
@@ -98,6 +119,41 @@ class SingleAttention(Workload):
 
     def run_info(self, case):
         return case.data.run_info()
+
+    def gradient_accuracy(self, module, built, hw, precision) -> tuple[dict, list[str]]:
+        """Gradients on batch item 0 (inputs, and weights in ``layer``) against the
+        same implementation in float64 and, for exact attentions, against float64
+        exact attention."""
+        n = len(built.inputs)
+        first = [t[:1].detach() for t in built.inputs]
+        go = built.grad_out[:1]
+        names = self.grad_names(module)
+        device = first[0].device
+        with autocast_context(device, precision):
+            got = acc.grads_of(lambda xs: self.forward(module, xs[:n], hw), self.leaves(module, first), go)
+        m64 = module.float64_reference()
+        first64 = [t.double() for t in first]
+        ref = acc.grads_of(lambda xs: self.forward(m64, xs[:n], hw), self.leaves(m64, first64), go.double())
+        errors = {"fp64": acc.grad_errors(names, got, ref)}
+        notes = []
+        if module.exact:
+            exact, note = self.exact_grads(module, first64, go.double(), hw)
+            if exact is not None:
+                errors["exact"] = acc.grad_errors(names, got, exact)
+            notes += [note] if note else []
+        out = {"grad_rel_err_vs_fp64": max(errors["fp64"].values()), "grad_errors": json.dumps(errors, sort_keys=True)}
+        if "exact" in errors:
+            out["grad_rel_err_vs_exact"] = max(errors["exact"].values())
+        return out, notes
+
+    def exact_grads(self, module, first64, go64, hw) -> tuple[list | None, str]:
+        """Float64 exact attention's gradients (names as ``grad_names``; None where it has
+        no counterpart), or None and a note when its N x N scores would not fit."""
+        tokens = first64[0].shape[-2]
+        need = 4 * module.num_heads * tokens * tokens * 8
+        if need > 4 * acc.REFERENCE_BUDGET:
+            return None, f"exact gradient reference skipped: its scores need {need / 2**30:.2f} GiB"
+        return self.exact_reference_grads(module, first64, go64, hw), ""
 
 
 def run_info_json(info: dict) -> str:

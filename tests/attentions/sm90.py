@@ -23,6 +23,10 @@ TUNINGS = ({}, {"stripe_stages": 3}, {"global_splits": 132}, {"stripe_bm": 64, "
            {"out_warps": 8})
 
 
+FP32_PTRS = ("ws_ptr", "wws_ptr", "dctx_ptr", "col_ptr", "kst_ptr", "lse_ptr", "delta_ptr", "stats_ptr")
+SCALARS_FP32 = ("qk_scale",)
+
+
 def sm90_compile(kernel, ptr: str, consts: dict, warps: int, stages: int):
     """Pointer and stride arguments get the 16-divisibility the JIT sees at run time."""
     import triton
@@ -34,7 +38,8 @@ def sm90_compile(kernel, ptr: str, consts: dict, warps: int, stages: int):
         if name in consts:
             sig[name] = "constexpr"
             continue
-        sig[name] = "*fp32" if name == "ws_ptr" else ptr if name.endswith("_ptr") else "fp32" if name == "qk_scale" else "i32"
+        sig[name] = ("*fp32" if name in FP32_PTRS else ptr) if name.endswith("_ptr") else "fp32" if name in SCALARS_FP32 \
+            else "i32"
         if name.endswith("_ptr") or name.startswith("s_"):
             attrs[(i,)] = [["tt.divisibility", 16]]
     src = ASTSource(fn=kernel, signature=sig, constexprs=consts, attrs=attrs)
@@ -77,14 +82,37 @@ def forward_launches(dtype_name: str) -> list:
     return list(seen.values())
 
 
+def backward_launches(dtype_name: str) -> list:
+    """Every distinct launch of the fused backward, and of the forward that keeps
+    its statistics, over CASES and one head of width 128 (split by channels: 64 + 64)."""
+    import torch
+
+    import attentions
+    from attentions.kernels import elfatt_backward, elfatt_fast
+
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[dtype_name]
+    seen = {}
+    for dim, heads, (res, batch) in [(768, 12, c) for c in CASES] + [(128, 1, (224, 8)), (256, 2, (224, 8))]:
+        hw = (res // 16, res // 16)
+        spec = attentions.create_attention("elfatt", dim, heads).spec(hw)
+        plans = {**elfatt_backward.case_plan(spec, batch, hw, dtype),
+                 **{f"fwd_{k}": v for k, v in elfatt_fast.case_plan(spec, batch, hw, dtype, stats=True).items()}}
+        for launch in plans.values():
+            seen[(launch.kernel, json.dumps(launch.consts, sort_keys=True), launch.num_warps,
+                  launch.num_stages)] = launch
+    return list(seen.values())
+
+
 def report(which: str, dtype_name: str) -> list[dict]:
+    from attentions.kernels.elfatt_backward import load_backward_kernels
     from attentions.kernels.elfatt_fast import load_kernels
 
-    kt = load_kernels()
+    kt, kb = load_kernels(), load_backward_kernels()
     ptr = {"fp16": "*fp16", "bf16": "*bf16"}[dtype_name]
     out = []
-    for launch in {"forward": forward_launches}[which](dtype_name):
-        c = sm90_compile(getattr(kt, launch.kernel), ptr, launch.consts, launch.num_warps, launch.num_stages)
+    for launch in {"forward": forward_launches, "backward": backward_launches}[which](dtype_name):
+        module = kb if hasattr(kb, launch.kernel) else kt
+        c = sm90_compile(getattr(module, launch.kernel), ptr, launch.consts, launch.num_warps, launch.num_stages)
         regs, stack = resource_usage(c) or (None, None)
         out.append({"kernel": launch.kernel, "consts": launch.consts, "warps": launch.num_warps,
                     "stages": launch.num_stages, "regs": regs, "stack": stack, "wgmma": "wgmma" in c.asm["ptx"]})
