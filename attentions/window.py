@@ -21,13 +21,17 @@ and ``cswin`` (tests/test_window.py).
 """
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 
 from .base import Attention, check_impl
+from .errors import Unavailable, Unsupported, first_line
 from .functional import (
     compiled_cpu_flex_problem, divisors, flex_attend, lepe_conv, window_partition, windowed_attention, windowed_lepe,
 )
+from .packages import import_problem, package_version
 from .registry import register_attention
 
 
@@ -219,7 +223,7 @@ class CSWinAttention(Attention):
 
 
 # -- neighborhood --------------------------------------------------------------
-NEIGHBORHOOD_IMPLS = ("auto", "flex", "mask")
+NEIGHBORHOOD_IMPLS = ("auto", "flex", "mask", "natten")
 
 
 def neighborhood_mask_mod(hw: tuple[int, int], kernel: int):
@@ -245,7 +249,7 @@ def odd_kernels(limit: int) -> list[int]:
     "neighborhood",
     family="window",
     complexity="O(N k^2 d)",
-    needs="torch >= 2.5 (FlexAttention); flex backward needs CUDA",
+    needs="torch >= 2.5 (FlexAttention); flex backward needs CUDA; impl=natten: natten",
     source="Hassani et al. 2023, Neighborhood Attention (NAT, NATTEN semantics, no rpb)",
 )
 class NeighborhoodAttention(Attention):
@@ -259,6 +263,8 @@ class NeighborhoodAttention(Attention):
     eagerly (it materialises the scores); FlexAttention has no backward on
     CPU (torch 2.13), so that raises Unsupported. ``mask`` -
     a dense N x N boolean mask through SDPA (runs everywhere, O(N^2)).
+    ``natten`` - NATTEN's ``na2d`` (its fused CUDA kernels on a GPU, its Flex
+    backend elsewhere) when the ``natten`` package is installed.
     ``auto`` - flex on CUDA, mask elsewhere. ``run_info`` says which ran.
     """
 
@@ -277,6 +283,10 @@ class NeighborhoodAttention(Attention):
                 f"kernel={self.kernel} is larger than the grid (H, W)=({hw[0]}, {hw[1]}); "
                 f"valid kernels for this grid: {odd_kernels(min(hw))}"
             )
+
+    def unavailable_reasons(self, device):
+        problem = import_problem("natten.functional") if self.impl == "natten" else None
+        return [f"{problem} (impl=natten needs the natten package)"] if problem else []
 
     def unsupported_reasons(self, *, device, dtype, hw, batch):
         if self._resolve(device) != "flex":
@@ -308,6 +318,8 @@ class NeighborhoodAttention(Attention):
     def core(self, q, k, v, hw):
         self.check_grid(hw)
         kind = self._resolve(q.device)
+        if kind == "natten":
+            return self._natten(q, k, v, hw)
         if kind == "mask":
             self._ran = "mask: dense boolean mask through SDPA"
             return F.scaled_dot_product_attention(q, k, v, attn_mask=self._mask("mask", hw, q.device))
@@ -317,6 +329,27 @@ class NeighborhoodAttention(Attention):
         self._ran = "flex: " + ("torch.compile(flex_attention)" if compiled else "eager flex_attention")
         # The one shared compiled flex (functional); it refuses a CPU backward with torch's reason.
         return flex_attend(q, k, v, block_mask=block_mask, compiled=compiled)
+
+    def _natten(self, q, k, v, hw):
+        """natten's na2d on its (B, H, W, heads, d) layout; (B, h, N, d) -> same."""
+        problem = import_problem("natten.functional")
+        if problem:
+            raise Unavailable(problem)
+        import natten.functional as nf
+
+        B, h, N, d = q.shape
+
+        def grid(t):
+            return t.transpose(1, 2).reshape(B, hw[0], hw[1], h, d)
+
+        try:
+            with warnings.catch_warnings():  # natten warns that eager Flex is unfused: chosen by natten, not us
+                warnings.simplefilter("ignore")
+                out = nf.na2d(grid(q), grid(k), grid(v), kernel_size=self.kernel)
+        except NotImplementedError as e:
+            raise Unsupported(f"natten cannot run {q.dtype} head_dim={d} on {q.device.type}: {first_line(e)}") from None
+        self._ran = f"natten {package_version('natten')}: na2d (backend chosen by natten)"
+        return out.reshape(B, N, h, d).transpose(1, 2)
 
     def run_info(self):
         return {"impl_ran": self._ran} if self._ran else {}

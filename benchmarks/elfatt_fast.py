@@ -187,7 +187,7 @@ def vit_images_per_s(variant: str, res: int, batch: int, dtype: torch.dtype, dev
     name, options = VARIANTS[variant]
     hw = (res // PATCH, res // PATCH)
     try:
-        blocks = torch.nn.ModuleList(Block(DIM, HEADS, 4.0, name, options) for _ in range(12)).to(device, dtype)
+        blocks = torch.nn.ModuleList(Block(DIM, HEADS, 4.0, name, options, 1e-6) for _ in range(12)).to(device, dtype)
         x = torch.randn(batch, hw[0] * hw[1], DIM, device=device, dtype=dtype)
 
         def fn():

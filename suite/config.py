@@ -52,6 +52,8 @@ class ModelConfig:
     depths: list = setting([12], "blocks per stage")
     heads: list = setting([12], "heads per stage")
     mlp_ratio: float = setting(4.0, "MLP hidden width / block width")
+    norm_eps: float = setting(1e-5, "LayerNorm epsilon (ViT: 1e-6, as timm and the ViT paper; Swin, CSWin: 1e-5)")
+    weights: str = setting("", "a timm-format state dict (.pth/.pt/.bin/.safetensors) to load; empty: random init")
     stage_options: list = setting([{}], "attention options per stage, e.g. {window: 7}; only the options an "
                                         "attention's constructor accepts are passed")
     block_options: Any = setting({}, "options that cycle block by block in a stage, e.g. {shift: [false, true]}")

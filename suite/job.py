@@ -47,7 +47,7 @@ def check_settings(job: Job) -> None:
 def measure_case(wl: Workload, case: Case, job: Job, device: torch.device, precision, base: dict) -> Record:
     """Measure one case. Never raises for problems of the case itself."""
     values: dict = {}
-    notes: list[str] = []
+    notes: list[str] = list(case.notes)
     status = "ok"
     try:
         missing = wl.unavailable(case, device)

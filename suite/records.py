@@ -111,6 +111,7 @@ class Record:
     # workload=model / workload=train_proxy (suite/workloads/); empty otherwise.
     # There dim/heads/patch_size/grid/tokens are the model's stage-1 values.
     model: str = ""
+    model_weights: str = ""  # the state dict loaded (model.weights); empty: random init
     params: int = 0
     stage_attentions: str = ""  # attention per stage, "|"-joined
     model_info: str = ""  # JSON: per-stage dim/heads/grid/options, position embedding, fallbacks

@@ -51,11 +51,11 @@ class Mlp(nn.Module):
 class Block(nn.Module):
     """Pre-norm transformer block around one registry attention."""
 
-    def __init__(self, dim: int, heads: int, mlp_ratio: float, attention: str, options: dict):
+    def __init__(self, dim: int, heads: int, mlp_ratio: float, attention: str, options: dict, eps: float = 1e-5):
         super().__init__()
-        self.norm1 = nn.LayerNorm(dim)
+        self.norm1 = nn.LayerNorm(dim, eps=eps)
         self.attn = attentions.create_attention(attention, dim, heads, **options)
-        self.norm2 = nn.LayerNorm(dim)
+        self.norm2 = nn.LayerNorm(dim, eps=eps)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
     def forward(self, x, hw):  # x (B, N, C)
@@ -66,10 +66,11 @@ class Block(nn.Module):
 class PatchStem(nn.Module):
     """Conv k=s=patch; vit adds the resized position embedding, swin a LayerNorm."""
 
-    def __init__(self, in_chans: int, dim: int, patch: int, *, norm: bool, pos_grid: int = 0, pos_interp: str = "bicubic"):
+    def __init__(self, in_chans: int, dim: int, patch: int, *, norm: bool, pos_grid: int = 0, pos_interp: str = "bicubic",
+                 eps: float = 1e-5):
         super().__init__()
         self.proj = nn.Conv2d(in_chans, dim, patch, patch)
-        self.norm = nn.LayerNorm(dim) if norm else nn.Identity()
+        self.norm = nn.LayerNorm(dim, eps=eps) if norm else nn.Identity()
         self.pos_embed = nn.Parameter(torch.zeros(1, pos_grid * pos_grid, dim)) if pos_grid else None
         self.pos_grid, self.pos_interp = pos_grid, pos_interp
 
@@ -97,8 +98,8 @@ class PatchStem(nn.Module):
 class ConvStem(PatchStem):
     """CSWin's stem: conv kernel patch+3, stride patch, padding 2, then LayerNorm."""
 
-    def __init__(self, in_chans: int, dim: int, patch: int):
-        super().__init__(in_chans, dim, patch, norm=True)
+    def __init__(self, in_chans: int, dim: int, patch: int, eps: float = 1e-5):
+        super().__init__(in_chans, dim, patch, norm=True, eps=eps)
         self.proj = nn.Conv2d(in_chans, dim, patch + 3, patch, padding=2)
 
 
@@ -125,9 +126,9 @@ def _to_map(x, hw):  # (B, N, C) -> (B, C, H, W)
 class LinearMerge(nn.Module):
     """Swin's patch merging: 2x2 neighbours -> 4C, LayerNorm, Linear 4C -> 2C (no bias)."""
 
-    def __init__(self, dim: int):
+    def __init__(self, dim: int, eps: float = 1e-5):
         super().__init__()
-        self.norm = nn.LayerNorm(4 * dim)
+        self.norm = nn.LayerNorm(4 * dim, eps=eps)
         self.reduction = nn.Linear(4 * dim, 2 * dim, bias=False)
 
     def forward(self, x, hw):
@@ -144,10 +145,10 @@ class LinearMerge(nn.Module):
 class ConvMerge(nn.Module):
     """CSWin's merging: conv 3x3 stride 2 C -> 2C, then LayerNorm."""
 
-    def __init__(self, dim: int):
+    def __init__(self, dim: int, eps: float = 1e-5):
         super().__init__()
         self.conv = nn.Conv2d(dim, 2 * dim, 3, 2, padding=1)
-        self.norm = nn.LayerNorm(2 * dim)
+        self.norm = nn.LayerNorm(2 * dim, eps=eps)
 
     def forward(self, x, hw):
         m = self.conv(_to_map(x, hw))
@@ -159,10 +160,10 @@ class ConvMerge(nn.Module):
 
 
 class Stage(nn.Module):
-    def __init__(self, sp: StagePlan, mlp_ratio: float, merge: nn.Module | None):
+    def __init__(self, sp: StagePlan, mlp_ratio: float, merge: nn.Module | None, eps: float = 1e-5):
         super().__init__()
         self.merge = merge
-        self.blocks = nn.ModuleList(Block(sp.dim, sp.heads, mlp_ratio, b.attention, b.options) for b in sp.blocks)
+        self.blocks = nn.ModuleList(Block(sp.dim, sp.heads, mlp_ratio, b.attention, b.options, eps) for b in sp.blocks)
         self.grid = sp.grid
 
     def forward(self, x, hw):
@@ -179,20 +180,20 @@ class Backbone(nn.Module):
     def __init__(self, plan: ModelPlan, in_chans: int = 3):
         super().__init__()
         self.plan = plan
-        C = plan.embed_dim
+        C, eps = plan.embed_dim, plan.norm_eps
         if plan.arch == "vit":
             self.stem = PatchStem(in_chans, C, plan.patch_size, norm=False, pos_grid=plan.base_grid,
                                   pos_interp=plan.pos_interp)
         elif plan.arch == "swin":
-            self.stem = PatchStem(in_chans, C, plan.patch_size, norm=True)
+            self.stem = PatchStem(in_chans, C, plan.patch_size, norm=True, eps=eps)
         else:
-            self.stem = ConvStem(in_chans, C, plan.patch_size)
+            self.stem = ConvStem(in_chans, C, plan.patch_size, eps)
         merge_cls = ConvMerge if plan.arch == "cswin" else LinearMerge
         self.stages = nn.ModuleList(
-            Stage(sp, plan.mlp_ratio, merge_cls(sp.dim // 2) if i else None) for i, sp in enumerate(plan.stages)
+            Stage(sp, plan.mlp_ratio, merge_cls(sp.dim // 2, eps) if i else None, eps) for i, sp in enumerate(plan.stages)
         )
         last = plan.stages[-1].dim
-        self.norm = nn.LayerNorm(last)
+        self.norm = nn.LayerNorm(last, eps=eps)
         self.head = nn.Linear(last, plan.num_classes)
         self.reset_parameters(plan.init_std)
 

@@ -42,6 +42,7 @@ class ModelPlan:
     patch_size: int
     embed_dim: int
     mlp_ratio: float
+    norm_eps: float
     num_classes: int
     init_std: float
     base_grid: int
@@ -128,7 +129,7 @@ def plan_model(mc: ModelConfig, attention: str, attention_options: dict, resolut
         stages.append(StagePlan(number, dim, heads, (g, g), tuple(blocks), number in replaced, is_global))
         g //= 2
     return ModelPlan(mc.name, mc.arch, resolution, mc.patch_size, mc.embed_dim, float(mc.mlp_ratio),
-                     mc.num_classes, mc.init_std, mc.base_grid, mc.pos_interp, tuple(stages), tuple(notes))
+                     float(mc.norm_eps), mc.num_classes, mc.init_std, mc.base_grid, mc.pos_interp, tuple(stages), tuple(notes))
 
 
 def check_plan(plan: ModelPlan) -> None:

@@ -34,6 +34,7 @@ class Case:
 
     identity: dict  # row columns that identify the case over the top-level settings (grid, dim, model...)
     data: Any  # what the later steps need (a module, a model plan...)
+    notes: list = field(default_factory=list)  # facts for the row's reason (e.g. which weights were loaded)
 
 
 @dataclass

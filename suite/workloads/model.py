@@ -47,7 +47,8 @@ from ..models import (
     Backbone, IdentityMixer, ModelPlan, ValueOnly, blocks_of, build_model, check_plan, count_params, exact_twin,
     model_info, plan_model, replace_attention, stride_of, valid_resolutions,
 )
-from ..records import failure
+from ..models.weights import RULES, load_timm_weights, read_state_dict
+from ..records import failure, first_line
 from .base import Built, Case, Column, Workload, directed, seeded_randn
 from .registry import register_workload
 
@@ -89,6 +90,23 @@ def resolve_plan(mc: ModelConfig, name: str, opts: dict, resolution: int) -> Mod
             f"model={mc.name} attention={name} cannot take resolution={resolution}: {e}; "
             f"valid resolutions up to {upto}: {valid}"
         ) from None
+
+
+def load_weights(model: Backbone, mc: ModelConfig) -> str:
+    """Load ``model.weights`` into ``model``; the note for the row, or BadInput."""
+    if mc.arch not in RULES:
+        raise BadInput(f"model.weights is given, but arch {mc.arch} has no timm key mapping; valid archs for "
+                       f"weights: {', '.join(RULES)}")
+    try:
+        state = read_state_dict(mc.weights)
+    except FileNotFoundError:
+        raise BadInput(f"model.weights={mc.weights}: no such file") from None
+    except Exception as e:  # noqa: BLE001 - not a state dict, a pickle torch refuses...
+        raise BadInput(f"model.weights={mc.weights} cannot be read as a state dict ({first_line(e)})") from None
+    loaded = load_timm_weights(model, state)
+    if not loaded.loaded:
+        raise BadInput(f"model.weights={mc.weights}: no tensor maps onto {mc.name} (is it a timm {mc.arch} model?)")
+    return loaded.note(mc.weights)
 
 
 def model_identity(plan: ModelPlan, mc: ModelConfig) -> dict:
@@ -201,7 +219,10 @@ class Model(Workload):
         check_positive(mc, ("fidelity_images",), prefix="model.")
         plan = resolve_plan(mc, job.cfg.attention.get("name"), attention_options(job.cfg), job.cfg.resolution)
         torch.manual_seed(job.cfg.seed)
-        return Case(model_identity(plan, mc), build_model(plan))
+        model, notes = build_model(plan), []
+        if mc.weights:
+            notes.append(load_weights(model, mc))
+        return Case(model_identity(plan, mc) | {"model_weights": mc.weights}, model, notes)
 
     def unavailable(self, case, device):
         return sorted({r for _, _, blk in blocks_of(case.data) for r in blk.attn.unavailable_reasons(device)})

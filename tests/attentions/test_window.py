@@ -301,3 +301,35 @@ def test_flops_match_flop_counter(name, kw, hw, heads, d):
         assert counted_flops(lambda: m.attend(q, k, v, hw)) == m.flops(2, hw, "op")
         x = torch.randn(2, hw[0] * hw[1], heads * d, dtype=F64)
         assert counted_flops(lambda: m(x, hw)) == m.flops(2, hw, "layer")
+
+
+def test_neighborhood_natten_matches_the_mask_reference():
+    """impl=natten: NATTEN's na2d, where the package is installed (its Flex backend runs on the CPU)."""
+    m = build("neighborhood", kernel=5, impl="natten").float()
+    missing = m.unavailable_reasons(torch.device("cpu"))
+    if missing:
+        pytest.skip(f"natten unavailable here: {missing[0]}")
+    q, k, v = qkv((9, 8), d=16)
+    with torch.no_grad():
+        out = m.attend(q.float(), k.float(), v.float(), (9, 8))
+    ref = masked_attention(q, k, v, natten_reference_mask((9, 8), 5))
+    torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
+    assert m.run_info()["impl_ran"].startswith("natten ")
+
+
+def test_neighborhood_natten_missing_is_unavailable(monkeypatch):
+    import sys
+
+    from attentions.packages import import_problem
+
+    import_problem.cache_clear()
+    monkeypatch.setitem(sys.modules, "natten", None)
+    monkeypatch.setitem(sys.modules, "natten.functional", None)
+    try:
+        m = build("neighborhood", kernel=5, impl="natten")
+        (reason,) = m.unavailable_reasons(torch.device("cpu"))
+        assert "is not installed" in reason and "impl=natten needs the natten package" in reason
+        with pytest.raises(A.Unavailable):
+            m.attend(*qkv((9, 8), d=16), (9, 8))
+    finally:
+        import_problem.cache_clear()
