@@ -13,7 +13,7 @@ import copy
 import torch
 import torch.nn as nn
 
-from .functional import apply_lepe, divisors, dwconv_flops, lepe_conv
+from .functional import apply_lepe, divisors, dwconv_flops, exact_core_flops, lepe_conv
 
 
 def check_heads(dim: int, num_heads: int) -> int:
@@ -131,3 +131,22 @@ class Attention(nn.Module):
             total += 2 * batch * n * self.dim * 3 * self.dim  # qkv
             total += 2 * batch * n * self.dim * self.dim  # proj
         return total
+
+
+class ExactAttention(Attention):
+    """softmax(QK^T / sqrt(d)) V over all N tokens. FLOPs 4*B*h*N^2*d (+ LePE).
+    ``fused``: a kernel that keeps no score matrix, so its backward computes
+    QK^T again. ``_ran`` says which kernel ran (``run_info``)."""
+
+    exact = True
+    fused = True
+    _ran = ""
+
+    def run_info(self):
+        return {"kernel": self._ran} if self._ran else {}
+
+    def core_flops(self, batch, hw):
+        return exact_core_flops(batch, self.num_heads, self.head_dim, hw)
+
+    def score_recompute_flops(self, batch, hw):
+        return self.core_flops(batch, hw) // 2 if self.fused else 0

@@ -11,10 +11,8 @@ import math
 
 import torch
 
-from .base import Attention, check_impl
-from .functional import (
-    FLEX_COMPILE_S, SDPA_IMPLS, compiled_cpu_flex_problem, exact_core_flops, flex_attend, flex_uses_compile, sdpa,
-)
+from .base import ExactAttention, check_impl
+from .functional import FLEX_COMPILE_S, SDPA_IMPLS, compiled_cpu_flex_problem, flex_attend, flex_uses_compile, sdpa
 from .registry import register_attention
 
 
@@ -24,10 +22,10 @@ from .registry import register_attention
     complexity="O(N^2 d), N^2 memory",
     source="Vaswani et al. 2017; the paper's VaniATT with lepe=true",
 )
-class VanillaAttention(Attention):
+class VanillaAttention(ExactAttention):
     """Materialised softmax(QK^T / sqrt(d)) V; ``lepe=True`` adds CSWin's LePE on V."""
 
-    exact = True
+    fused = False  # autograd keeps the scores
 
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, lepe: bool = False):
         super().__init__(dim, num_heads, qkv_bias, lepe)
@@ -35,9 +33,6 @@ class VanillaAttention(Attention):
     def core(self, q, k, v, hw):
         attn = (q * (1.0 / math.sqrt(q.shape[-1]))) @ k.transpose(-2, -1)  # (B, h, N, N)
         return attn.softmax(dim=-1) @ v
-
-    def core_flops(self, batch, hw):
-        return exact_core_flops(batch, self.num_heads, self.head_dim, hw)
 
     def core_transient_elements(self, batch, hw):
         n = hw[0] * hw[1]
@@ -51,25 +46,20 @@ class VanillaAttention(Attention):
     needs="torch; impl=flash/cudnn/efficient need CUDA (flash: flash_cpu on CPU)",
     source="torch.nn.functional.scaled_dot_product_attention",
 )
-class SdpaAttention(Attention):
+class SdpaAttention(ExactAttention):
     """torch's fused SDPA. ``impl``: auto (torch picks), flash, efficient, cudnn or math.
 
     The kernel that actually ran is recorded by the harness (it watches the
     aten op that SDPA dispatches to), so ``auto`` is never a guess.
     """
 
-    exact = True
-
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, lepe: bool = False, impl: str = "auto"):
         super().__init__(dim, num_heads, qkv_bias, lepe)
         self.impl = check_impl("SDPA", impl, SDPA_IMPLS)
+        self.fused = impl != "math"  # every backend but math keeps no score matrix
 
     def core(self, q, k, v, hw):
         return sdpa(q, k, v, self.impl)
-
-    def score_recompute_flops(self, batch, hw):
-        # every backend but math is a fused kernel: its backward recomputes QK^T
-        return 0 if self.impl == "math" else exact_core_flops(batch, self.num_heads, self.head_dim, hw) // 2
 
     def unsupported_reasons(self, *, device, dtype, hw, batch):
         reasons = []
@@ -78,9 +68,6 @@ class SdpaAttention(Attention):
         if device.type == "cuda" and self.impl in ("flash", "cudnn") and dtype not in (torch.float16, torch.bfloat16):
             reasons.append(f"SDPA backend {self.impl!r} on CUDA runs float16/bfloat16 only, not {dtype}")
         return reasons
-
-    def core_flops(self, batch, hw):
-        return exact_core_flops(batch, self.num_heads, self.head_dim, hw)
 
 
 FLEX_IMPLS = ("auto", "compiled", "eager")
@@ -93,18 +80,15 @@ FLEX_IMPLS = ("auto", "compiled", "eager")
     needs="torch >= 2.5; compiled on CUDA (head_dim >= 16); CPU forward only",
     source="torch.nn.attention.flex_attention (Dong et al. 2024, FlexAttention)",
 )
-class FlexAttention(Attention):
+class FlexAttention(ExactAttention):
     """FlexAttention with no mask and no score_mod. ``impl``: ``auto``
     (compiled on CUDA, eager elsewhere), ``compiled`` or ``eager``. The
     compiled function is built lazily on the first call and shared.
     FLOPs 4*B*h*N^2*d (+ LePE)."""
 
-    exact = True
-
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, lepe: bool = False, impl: str = "auto"):
         super().__init__(dim, num_heads, qkv_bias, lepe)
         self.impl = check_impl("flex", impl, FLEX_IMPLS)
-        self._ran = ""
 
     def _compiled(self) -> bool | None:
         return None if self.impl == "auto" else self.impl == "compiled"
@@ -129,12 +113,3 @@ class FlexAttention(Attention):
         else:
             self._ran = "eager flex_attention (unfused: materialises the N x N scores)"
         return out
-
-    def run_info(self):
-        return {"kernel": self._ran} if self._ran else {}
-
-    def core_flops(self, batch, hw):
-        return exact_core_flops(batch, self.num_heads, self.head_dim, hw)
-
-    def score_recompute_flops(self, batch, hw):
-        return exact_core_flops(batch, self.num_heads, self.head_dim, hw) // 2  # QK^T again

@@ -16,9 +16,8 @@ import importlib
 
 import torch
 
-from .base import Attention, check_impl
+from .base import ExactAttention, check_impl
 from .errors import Unavailable, Unsupported
-from .functional import exact_core_flops
 from .packages import import_problem, package_version
 from .registry import register_attention
 
@@ -77,19 +76,16 @@ def flash_case_reasons(impl: str, device: torch.device, dtype: torch.dtype, head
           "CUDA, fp16/bf16",
     source="Dao 2023, FlashAttention-2; Shah et al. 2024, FlashAttention-3; FlashAttention-4 (CuTeDSL)",
 )
-class FlashAttnAttention(Attention):
+class FlashAttnAttention(ExactAttention):
     """``flash_attn_func`` on (B, N, h, d). ``impl``: ``fa2`` (flash_attn),
     ``fa3`` (flash_attn_interface, Hopper), ``fa4`` (flash_attn.cute, compiled
     at run time for Hopper/Blackwell) or ``auto`` (fa3 on a Hopper GPU when
     installed, else fa2). Scale 1/sqrt(d), no dropout, not causal.
     FLOPs 4*B*h*N^2*d (+ LePE)."""
 
-    exact = True
-
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, lepe: bool = False, impl: str = "auto"):
         super().__init__(dim, num_heads, qkv_bias, lepe)
         self.impl = check_impl("flash_attn", impl, FLASH_IMPLS)
-        self._ran = ""
 
     def unavailable_reasons(self, device):
         gen = flash_generation(self.impl, device)
@@ -114,15 +110,6 @@ class FlashAttnAttention(Attention):
             out = out[0]
         self._ran = f"{FLASH_MODULES[gen]} {package_version(FLASH_MODULES[gen])}: flash_attn_func ({gen})"
         return out.transpose(1, 2)  # (B, N, h, d) -> (B, h, N, d)
-
-    def run_info(self):
-        return {"kernel": self._ran} if self._ran else {}
-
-    def core_flops(self, batch, hw):
-        return exact_core_flops(batch, self.num_heads, self.head_dim, hw)
-
-    def score_recompute_flops(self, batch, hw):
-        return exact_core_flops(batch, self.num_heads, self.head_dim, hw) // 2  # fused: QK^T again
 
 
 # --------------------------------------------------------------------------
@@ -168,16 +155,13 @@ def xformers_case_reasons(device: torch.device, dtype: torch.dtype) -> list[str]
     needs="xformers with C++/CUDA ops built for this torch; CUDA",
     source="xformers.ops.memory_efficient_attention (Rabe & Staats 2021; cutlass/flash kernels)",
 )
-class XformersAttention(Attention):
+class XformersAttention(ExactAttention):
     """``xformers.ops.memory_efficient_attention`` on (B, N, h, d), scale
     1/sqrt(d), no bias. xformers' dispatcher picks the kernel.
     FLOPs 4*B*h*N^2*d (+ LePE)."""
 
-    exact = True
-
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, lepe: bool = False):
         super().__init__(dim, num_heads, qkv_bias, lepe)
-        self._ran = ""
 
     def unavailable_reasons(self, device):
         problem = xformers_problem()
@@ -201,12 +185,3 @@ class XformersAttention(Attention):
             raise Unsupported(f"xformers has no kernel for {q.dtype} head_dim={q.shape[-1]} on {q.device.type}: {detail}") from None
         self._ran = f"xformers {package_version('xformers')}: memory_efficient_attention (kernel picked by xformers)"
         return out.transpose(1, 2)
-
-    def run_info(self):
-        return {"kernel": self._ran} if self._ran else {}
-
-    def core_flops(self, batch, hw):
-        return exact_core_flops(batch, self.num_heads, self.head_dim, hw)
-
-    def score_recompute_flops(self, batch, hw):
-        return exact_core_flops(batch, self.num_heads, self.head_dim, hw) // 2  # fused: QK^T again

@@ -27,6 +27,7 @@ one CSV row per (case, variant). Without CUDA it says why and returns 1.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -299,8 +300,11 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.csv)
     out.parent.mkdir(parents=True, exist_ok=True)
     df.to_csv(out, index=False)
+    targets = verdicts(df)
+    out.with_name(out.stem + "_targets.json").write_text(json.dumps(
+        [{"target": a, "measured": b, "verdict": c} for a, b, c in targets], indent=1))
     lines = ["", *table(df), "", "| target (fp16, op) | measured | verdict |", "|---|---|---|"]
-    lines += [f"| {a} | {b} | {c} |" for a, b, c in verdicts(df)]
+    lines += [f"| {a} | {b} | {c} |" for a, b, c in targets]
     if args.vit and 3072 in args.resolutions:
         lines += ["", "12-block ViT-B/16 encoder at 3072, batch 1, fp16, images/s (target: fast >= 70):",
                   "| variant | images/s |", "|---|---|"]

@@ -35,6 +35,11 @@ from .records import OPTIONAL_KEY, atomic_write, case_key, read_job_records, rec
 DERIVED = ("speedup_vs_vanilla", "speedup_vs_flash", "baseline_vanilla", "baseline_flash",
            "peak_tflops", "peak_gbps", "arith_intensity", "roofline_tflops", "frac_of_peak", "frac_of_roofline",
            "job_dir")
+# The paper's names for presets of this suite (its baselines, measured here under these names).
+PAPER_NAMES = {"vanilla_lepe": "GLOBAL (vanilla attention + LePE, the paper's VaniATT)",
+               "elfatt_local": "LOCAL (every head in stripes, with LePE)",
+               "elfatt_global": "every head global (efficient attention + LePE)",
+               "sdpa_flash": "FlashAttention-2 (torch SDPA's flash backend)"}
 # The first preset of each list that the table holds is the baseline.
 BASELINES = {
     "vanilla": ["vanilla_lepe", "vanilla"],  # the paper's VaniATT / GLOBAL is vanilla + LePE

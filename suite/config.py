@@ -139,6 +139,15 @@ def register_configs() -> None:
     cs.store(name="run_schema", node=RunConfig)
     OmegaConf.register_new_resolver("case_dir", case_dirname, replace=True)
     OmegaConf.register_new_resolver("run_name", run_name, replace=True)
+    OmegaConf.register_new_resolver("vit_batch", vit_batch, replace=True)
+
+
+VIT_BATCH = {224: 256, 512: 32}  # the batches the paper-style GPU comparisons use; 1 above
+
+
+def vit_batch(resolution: Any) -> int:
+    """The batch that goes with a resolution in the GPU presets: 256 at 224 px, 32 at 512, else 1."""
+    return VIT_BATCH.get(int(resolution), 1)
 
 
 def case_dirname(overrides: str) -> str:

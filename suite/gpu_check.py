@@ -168,12 +168,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def summary(out: Path, done: list[dict], timm_lines: list[str], took: float) -> None:
-    bench_log = out / "bench_elfatt.log"
+    targets_file = out / "bench_elfatt_targets.json"
     targets = []
-    if bench_log.exists():
-        text = bench_log.read_text(errors="replace").splitlines()
-        targets = [ln for ln in text if ln.startswith("| target") or ln.startswith("|---|---|---|")
-                   or re.match(r"\| \d+ px", ln)]
+    if targets_file.exists():
+        rows = json.loads(targets_file.read_text())
+        targets = ["| target (fp16, op) | measured | verdict |", "|---|---|---|"]
+        targets += [f"| {r['target']} | {r['measured']} | {r['verdict']} |" for r in rows]
     print("\n# GPU check summary", f"({took / 60:.1f} min)", flush=True)
     for d in done:
         print(f"- {d['step']}: {d['status']} ({d['seconds']} s, log {d['log']})")

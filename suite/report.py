@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .collect import BASELINES, TableError, derive, read_table
+from .collect import BASELINES, PAPER_NAMES, TableError, derive, read_table
 from .figures import NOT_OK, Figures
 
 def load_results(path: str | Path) -> pd.DataFrame:
@@ -79,7 +79,17 @@ def write_report(table: str | Path | pd.DataFrame, out: str | Path | None = None
                            note="; CPU: torch allocations during one call (profiler), CUDA: max_memory_allocated")
     figs.pareto()
     figs.precision()
+    lines = header_section(df, source) + ["## Figures", ""]
+    for png, caption in figs.written:
+        lines += [f"![{png.stem}]({png.name})", "", f"*{caption}* (SVG: `{png.with_suffix('.svg').name}`)", ""]
+    lines += tables_section(df) + flagged_section(df) + not_measured_section(df)
+    path = out / "report.md"
+    path.write_text("\n".join(lines))
+    return path
 
+
+def header_section(df: pd.DataFrame, source: str) -> list[str]:
+    """Where the table came from, the machines, every status, what the derived columns mean."""
     lines = ["# Attention benchmark report", "",
              f"Source: `{source}` ({len(df)} rows), written {dt.datetime.now().isoformat(timespec='seconds')} "
              f"by `python -m suite.report`.", ""]
@@ -94,15 +104,19 @@ def write_report(table: str | Path | pd.DataFrame, out: str | Path | None = None
         if col in df and df[col].iloc[0]:
             lines.append(f"- `speedup_vs_{short}`: against `{df[col].iloc[0]}` on the same device, dtype, "
                          f"workload, resolution and batch.")
+    present = [f"`{v}` = {PAPER_NAMES[v]}" for v in PAPER_NAMES if v in set(df["variant"])]
+    if present:
+        lines.append("- The paper's names for the presets here: " + "; ".join(present) + ".")
     if df["peak_tflops"].notna().any():
         lines.append("- `frac_of_peak` / `frac_of_roofline`: analytic TFLOP/s over the datasheet dense peak "
                      "/ over min(peak, arithmetic intensity x bandwidth) (suite/collect.py PEAKS).")
     else:
         lines.append("- No device here has a known datasheet peak (CPU or unlisted GPU): no roofline columns.")
-    lines += ["", "## Figures", ""]
-    for png, caption in figs.written:
-        lines += [f"![{png.stem}]({png.name})", "", f"*{caption}* (SVG: `{png.with_suffix('.svg').name}`)", ""]
-    lines += ["## Tables", ""]
+    return lines + [""]
+
+
+def tables_section(df: pd.DataFrame) -> list[str]:
+    lines = ["## Tables", ""]
     for (dev, dt_, wl), sub in df.groupby(["device_name", "dtype", "workload"]):
         lines += [f"### {dev} · {dt_} · {wl}", "", "p50 latency (ms):", "", md_table(pivot(sub, "latency_ms_p50")), ""]
         for short in BASELINES:
@@ -110,17 +124,16 @@ def write_report(table: str | Path | pd.DataFrame, out: str | Path | None = None
                 lines += [f"Speedup over `{sub[f'baseline_{short}'].iloc[0]}` (x):", "",
                           md_table(pivot(sub, f"speedup_vs_{short}", "{:.2f}")), ""]
         lines += ["Peak memory (MiB):", "", md_table(pivot(sub, "peak_mem_mib", "{:.1f}")), ""]
-    lines += flagged_section(df)
+    return lines
+
+
+def not_measured_section(df: pd.DataFrame) -> list[str]:
     bad = df[df["status"] != "ok"]
-    lines += ["## Cases not measured", ""]
+    lines = ["## Cases not measured", ""]
     if bad.empty:
-        lines += ["Every case ran (status ok).", ""]
-    else:
-        cols = ["device_name", "dtype", "workload", "variant", "resolution", "status", "reason"]
-        lines += [md_table(bad[cols].sort_values(cols[:5]).assign(reason=bad["reason"].str.slice(0, 200))), ""]
-    path = out / "report.md"
-    path.write_text("\n".join(lines))
-    return path
+        return lines + ["Every case ran (status ok).", ""]
+    cols = ["device_name", "dtype", "workload", "variant", "resolution", "status", "reason"]
+    return lines + [md_table(bad[cols].sort_values(cols[:5]).assign(reason=bad["reason"].str.slice(0, 200))), ""]
 
 
 def flagged_section(df: pd.DataFrame) -> list[str]:

