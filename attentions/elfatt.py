@@ -92,7 +92,9 @@ class _FastElfatt(torch.autograd.Function):
     def forward(ctx, module, spec, hw, q, k, v, *params):
         ctx.module, ctx.spec, ctx.hw = module, spec, hw
         ctx.autocast = _autocast_state(q.device.type)
-        fused = module.tuning.backward == "fused"
+        # The fused backward needs the stripes' log-sum-exp, which only the Triton stripe
+        # kernel keeps: with local=sdpa the backward goes through the reference.
+        fused = module.tuning.backward == "fused" and module.tuning.local == "triton"
         stats = {} if fused else None
         buf, module.fast_info = fast_forward(spec, module.lepe_weights(), q, k, v, hw, module.tuning, stats)
         ctx.stat_names = sorted(stats) if fused else []

@@ -78,7 +78,8 @@ class Tuning:
     program per SM over batch x heads). ctx_*/out_*/stripe_*: tile sizes,
     warps and pipeline stages of each kernel. lepe_unroll: unroll the LePE's
     3 taps per row (more registers, more loads in flight). backward and bwd_*:
-    the backward pass (below).
+    the backward pass (below); the fused backward needs the Triton stripe
+    kernel's per-row statistics, so with ``local=sdpa`` the reference backward runs.
     """
 
     local: str = "triton"

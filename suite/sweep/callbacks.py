@@ -222,6 +222,7 @@ class SweepCallback(Callback):
         self._lock = None
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        atexit.unregister(self._interrupted)
         if self._tracker is not None:
             self._tracker.stop()
             self._tracker = None

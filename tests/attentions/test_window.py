@@ -257,8 +257,8 @@ def test_neighborhood_errors_name_valid_values():
         build("neighborhood").check_grid((9, 6))
     with pytest.raises(ValueError, match=r"kernel=4 must be odd; valid kernels: odd integers"):
         build("neighborhood", kernel=4)
-    with pytest.raises(ValueError, match=r"valid impls: auto, flex, mask"):
-        build("neighborhood", impl="natten")
+    with pytest.raises(ValueError, match=r"valid impls: auto, flex, mask, natten"):
+        build("neighborhood", impl="cuda")
     with pytest.raises(ValueError, match=r"window=0 .*valid windows"):
         build("swin", window=0)
     m = build("neighborhood", impl="flex")

@@ -77,20 +77,6 @@ def test_run_py_prints_a_summary(tmp_path):
 
 
 @pytest.mark.slow
-def test_two_job_multirun(tmp_path):
-    p = run("-m", "attention=vanilla,elfatt", *TINY, f"hydra.sweep.dir={tmp_path}", cwd=tmp_path)
-    assert p.returncode == 0, p.stderr[-2000:]
-    df = records_in(tmp_path)
-    assert sorted(df.attention) == ["elfatt", "vanilla"]
-    assert set(df.status) == {"ok"}
-
-
-def test_unsupported_backend_is_a_row_not_a_crash(run_job, tmp_path):
-    (row,) = run_job(["attention=sdpa_cudnn", "device=cpu", *TINY], tmp_path)
-    assert row.status == "unsupported" and "needs CUDA" in row.reason and row.variant == "sdpa_cudnn"
-
-
-@pytest.mark.slow
 def test_bad_case_in_a_sweep_is_an_invalid_row(tmp_path):
     p = run("-m", "attention.block_rows=7,5", *TINY, f"hydra.sweep.dir={tmp_path}", cwd=tmp_path)
     assert p.returncode == 0, p.stderr[-2000:]
