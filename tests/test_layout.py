@@ -91,7 +91,7 @@ def test_files_and_functions_stay_readable(name):
 
 
 def test_nothing_points_outside_the_repository():
-    pattern = re.compile(r"shared/(ELFATT|GPU|STYLE)\.md|\bGPU\.md\b|METHOD\.md|\bissue [0-9]+\b")
+    pattern = re.compile(r"\.\./shared\b|\b(ELFATT|GPU|STYLE|METHOD)\.md\b|\bissue [0-9]+\b")
     files = [p for p in ROOT.rglob("*") if p.is_file() and p.suffix in (".py", ".md", ".yaml", ".ipynb", ".toml")
              and ".git" not in p.parts and "results" not in p.parts[:1]]
     bad = [f"{p.relative_to(ROOT)}: {m.group(0)}" for p in files for m in [pattern.search(p.read_text())] if m]

@@ -1,4 +1,5 @@
-"""ELFATT reference vs an independent float64 reference written from ELFATT.md.
+"""ELFATT reference vs an independent float64 reference written from the
+definition in the README ("ELFATT, exactly").
 
 The reference below deliberately uses loops over heads and stripes, explicit
 softmax and its own convolution padding, so it shares no code with

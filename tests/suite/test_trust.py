@@ -8,7 +8,8 @@ import signal
 import subprocess
 import sys
 import time
-from contextlib import redirect_stderr
+import types
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import pandas as pd
@@ -190,6 +191,10 @@ def test_a_full_disk_stops_the_sweep_with_one_line_and_keeps_finished_rows(tmp_p
         return real(write, path)
 
     monkeypatch.setattr(R, "atomic_write", full_after_first_job)
+    from suite.sweep import callbacks
+
+    at_exit = []  # the callback's exit hook, run here rather than when pytest ends
+    monkeypatch.setattr(callbacks, "atexit", types.SimpleNamespace(register=at_exit.append, unregister=at_exit.remove))
     monkeypatch.chdir(ROOT)
     monkeypatch.setattr(sys, "argv", ["run.py", "-m", *TINY, "attention=vanilla", "resolution=32,64,96",
                                       f"hydra.sweep.dir={tmp_path}", "hydra.callbacks.sweep.report=false"])
@@ -202,6 +207,11 @@ def test_a_full_disk_stops_the_sweep_with_one_line_and_keeps_finished_rows(tmp_p
     line = [ln for ln in err.getvalue().splitlines() if ln.startswith("error:")]
     assert len(line) == 1 and "No space left on device" in line[0] and "stopping" in line[0]
     assert len(rows_under(tmp_path)) == 1  # the finished row is kept; the sweep did not go on
+    assert len(at_exit) == 1 and (tmp_path / ".sweep.lock").exists()  # the folder stays locked until the process ends
+    out = io.StringIO()
+    with redirect_stdout(out):
+        at_exit[0]()
+    assert "stopped early" in out.getvalue() and not (tmp_path / ".sweep.lock").exists()
 
 
 # -- accuracy and FLOP counting never cost a measurement -----------------------------
