@@ -222,8 +222,11 @@ def test_kernels_compile_for_hopper_without_spills(dtype):
                                             "global_bwd_tile_kernel", "lepe_wgrad_combine_kernel",
                                             "stripe_bwd_pre_kernel", "stripe_bwd_dkdv_kernel", "stripe_bwd_dq_kernel"}
     for b in built:
-        assert b["stack"] in (0, None), f"{b} spills"
         assert b["wgmma"] == ("DOT_PREC" in b["consts"]), b
+    if any(b["stack"] is None for b in built):
+        pytest.skip("triton's cuobjdump is missing here: register spills not checked (wgmma was)")
+    for b in built:
+        assert b["stack"] == 0, f"{b} spills"
 
 
 # -- real GPU -----------------------------------------------------------------

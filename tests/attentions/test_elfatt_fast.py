@@ -159,8 +159,11 @@ def test_kernels_compile_for_hopper(dtype, monkeypatch):
     assert {b["kernel"] for b in built} == {"global_context_kernel", "global_combine_kernel", "global_out_kernel",
                                              "stripe_attn_kernel", "stripe_epilogue_kernel"}
     for b in built:
-        assert b["stack"] in (0, None), f"{b} spills"
         assert b["wgmma"] == (b["kernel"] not in ("global_combine_kernel", "stripe_epilogue_kernel")), b
+    if any(b["stack"] is None for b in built):
+        pytest.skip("triton's cuobjdump is missing here: register spills not checked (wgmma was)")
+    for b in built:
+        assert b["stack"] == 0, f"{b} spills"
 
 
 @needs_triton
@@ -270,11 +273,11 @@ def test_gpu_sdpa_local_path(monkeypatch, dim, heads, hw, batch, kw):
 @needs_triton
 def test_gpu_auto_is_fast_and_backward(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    fast, ref = pair(192, 3, device="cuda", dtype=torch.float32)
+    fast, ref = pair(192, 3, device="cuda", dtype=torch.float16)  # auto sends fp32 to the reference
     fast.impl = "auto"
     x = torch.randn(2, 12 * 8, 192)
-    xf, xr = x.cuda().requires_grad_(), x.double().requires_grad_()
-    fast(xf, (12, 8)).square().sum().backward()
+    xf, xr = x.cuda().half().requires_grad_(), x.double().requires_grad_()
+    fast(xf, (12, 8)).float().square().sum().backward()
     ref(xr, (12, 8)).square().sum().backward()
     assert fast.run_info()["impl_ran"] == "fast"
-    assert rel_err(xf.grad, xr.grad) < 1e-4
+    assert rel_err(xf.grad, xr.grad) < 1e-2

@@ -90,7 +90,8 @@ def test_the_model_workload_measures_fidelity_on_loaded_weights(run_job, tmp_pat
             "warmup=1", "repeats=2", "min_time_s=0.01", "retries=0"]
     (row,) = run_job([*tiny, f"model.weights={tmp_path / 'vit.pth'}"], tmp_path / "run")
     assert row.status == "ok" and row.model_weights.endswith("vit.pth")
-    assert "weights: 31 tensors from" in row.reason  # every timm tensor but the class token and "not used: cls_token" in row.reason
+    assert "weights: 31 tensors from" in row.reason  # every timm tensor but the class token
+    assert "not used: cls_token" in row.reason
     with pytest.raises(BadInput, match="no such file"):
         run_job([*tiny, f"model.weights={tmp_path / 'missing.pth'}"], tmp_path / "run2")
     with pytest.raises(BadInput, match="arch cswin has no timm key mapping"):
