@@ -16,7 +16,9 @@ import torch
 import torch.nn as nn
 
 from .base import Attention, check_impl
-from .functional import apply_lepe, divisors, dwconv_flops, efficient_attention, from_map, lepe_conv, sdpa, to_map
+from .functional import (
+    apply_lepe, divisors, dwconv_flops, efficient_attention, lepe_conv, windowed_attention, windowed_lepe,
+)
 from .kernels import (
     ElfattSpec, LepeWeights, Tuning, fast_forward, fast_reasons, fused_backward, taps_first, triton_missing,
 )
@@ -45,56 +47,30 @@ def resolve_block_rows(block_rows: int | None, H: int) -> int:
     return block_rows
 
 
-def stripe_lepe(conv: nn.Conv2d, v: torch.Tensor, hw: tuple[int, int], block_rows: int) -> torch.Tensor:
-    """LePE applied to each stripe of ``block_rows`` rows separately (zero
-    padding at stripe edges, nothing mixes across stripes). (B, h, N, d) -> same."""
-    H, W = hw
-    b = H // block_rows
-    m = to_map(v, hw)  # (B, C, H, W)
-    B, C = m.shape[:2]
-    m = m.reshape(B, C, b, block_rows, W).transpose(1, 2).reshape(B * b, C, block_rows, W)
-    m = conv(m).reshape(B, b, C, block_rows, W).transpose(1, 2).reshape(B, C, H, W)
-    return from_map(m, v.shape[1])
-
-
-def stripe_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, hw: tuple[int, int], block_rows: int,
-                     impl: str = "auto") -> torch.Tensor:
-    """Softmax attention (scale 1/sqrt(d)) within stripes of ``block_rows`` rows. (B, h, N, d) -> same."""
-    B, h, N, d = q.shape
-    b = hw[0] // block_rows
-    L = N // b
-
-    def blocks(t):  # raster order: block i is tokens [i*L, (i+1)*L)
-        return t.reshape(B, h, b, L, d).reshape(B, h * b, L, d)
-
-    return sdpa(blocks(q), blocks(k), blocks(v), impl).reshape(B, h, N, d)
-
-
 def reference_attend(spec: ElfattSpec, lepe_global: nn.Conv2d | None, lepe_local: nn.Conv2d | None,
                      q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
-    """The definition: (B, h, N, d) q, k, v -> (B, h, N, d)."""
-    r = spec.block_rows
+    """The definition: (B, h, N, d) q, k, v -> (B, h, N, d). A stripe of
+    ``block_rows`` whole rows is a block_rows x W window."""
+    r, W = spec.block_rows, hw[1]
     (qg, ql), (kg, kl), (vg, vl) = spec.split(q), spec.split(k), spec.split(v)
     parts = []
     if lepe_global is not None:
         parts.append(efficient_attention(qg, kg, vg) + apply_lepe(lepe_global, vg, hw))
     if lepe_local is not None:
-        parts.append(stripe_attention(ql, kl, vl, hw, r) + stripe_lepe(lepe_local, vl, hw, r))
+        parts.append(windowed_attention(ql, kl, vl, hw, r, W) + windowed_lepe(lepe_local, vl, hw, r, W))
     return torch.cat(parts, dim=spec.concat_dim)
 
 
 class _FastElfatt(torch.autograd.Function):
     """Forward: the Triton path. Backward: the fused Triton backward
-    (``tuning.backward=fused``, the default), or autograd of the reference on the
-    saved inputs (``reference``), under the autocast state the forward ran in."""
+    (``tuning.fused_backward``, the default), or else autograd of the reference
+    on the saved inputs, under the autocast state the forward ran in."""
 
     @staticmethod
     def forward(ctx, module, spec, hw, q, k, v, *params):
         ctx.module, ctx.spec, ctx.hw = module, spec, hw
         ctx.autocast = _autocast_state(q.device.type)
-        # The fused backward needs the stripes' log-sum-exp, which only the Triton stripe
-        # kernel keeps: with local=sdpa the backward goes through the reference.
-        fused = module.tuning.backward == "fused" and module.tuning.local == "triton"
+        fused = module.tuning.fused_backward
         stats = {} if fused else None
         buf, module.fast_info = fast_forward(spec, module.lepe_weights(), q, k, v, hw, module.tuning, stats)
         ctx.stat_names = sorted(stats) if fused else []
@@ -196,8 +172,10 @@ class ElfattAttention(Attention):
 
     def spec(self, hw: tuple[int, int]) -> ElfattSpec:
         """The layer on grid ``hw``, as the fast path and the reference see it."""
-        return ElfattSpec(self.num_heads, self.head_dim, self.global_heads, self.global_channels,
-                          resolve_block_rows(self.block_rows, hw[0]))
+        return self._spec(resolve_block_rows(self.block_rows, hw[0]))
+
+    def _spec(self, block_rows: int) -> ElfattSpec:
+        return ElfattSpec(self.num_heads, self.head_dim, self.global_heads, self.global_channels, block_rows)
 
     def lepe_weights(self) -> LepeWeights:
         g, loc = self.lepe_global, self.lepe_local
@@ -216,9 +194,8 @@ class ElfattAttention(Attention):
         resolve_block_rows(self.block_rows, hw[0])
 
     def _fast_reasons(self, device, dtype) -> list[str]:
-        widths = (self.head_dim,) if self.global_heads is not None else \
-            (self.head_dim // 2, self.head_dim - self.head_dim // 2)
-        return fast_reasons(device=device, dtype=dtype, widths=widths)
+        # the branch widths do not depend on the grid (nor on block_rows)
+        return fast_reasons(device=device, dtype=dtype, widths=self._spec(1).widths)
 
     def _use_fast(self, q: torch.Tensor) -> bool:
         if self.impl == "auto":  # fast only where it can run, and is meant to win; reference otherwise
@@ -247,20 +224,12 @@ class ElfattAttention(Attention):
 
     def score_recompute_flops(self, batch, hw):
         """The stripes' QK^T again: SDPA (reference) and the fused backward both recompute it."""
-        if self.global_heads is None:
-            hl, dl = 1, self.head_dim - self.global_channels
-        else:
-            hl, dl = self.num_heads - self.global_heads, self.head_dim
-        return 2 * batch * hl * hw[0] * hw[1] * resolve_block_rows(self.block_rows, hw[0]) * hw[1] * dl
+        spec, n = self.spec(hw), hw[0] * hw[1]
+        return 2 * batch * spec.local_count * n * spec.block_rows * hw[1] * spec.widths[-1]
 
     def core_flops(self, batch, hw):
-        n = hw[0] * hw[1]
-        L = resolve_block_rows(self.block_rows, hw[0]) * hw[1]
-        if self.global_heads is None:
-            dg, dl, g, hl = self.global_channels, self.head_dim - self.global_channels, 1, 1
-        else:
-            dg = dl = self.head_dim
-            g, hl = self.global_heads, self.num_heads - self.global_heads
-        glob = 4 * batch * g * n * dg * dg if dg else 0
-        local = 4 * batch * hl * n * L * dl if dl else 0
+        spec, n = self.spec(hw), hw[0] * hw[1]
+        dg, dl, L = spec.widths[0], spec.widths[-1], spec.block_rows * hw[1]
+        glob = 4 * batch * spec.global_count * n * dg * dg
+        local = 4 * batch * spec.local_count * n * L * dl
         return glob + local + dwconv_flops(batch, self.dim, hw)

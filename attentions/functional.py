@@ -153,7 +153,6 @@ def windowed_lepe(conv: nn.Conv2d, v: torch.Tensor, hw: tuple[int, int], wh: int
 # -- FlexAttention -------------------------------------------------------------
 _COMPILED_FLEX: Callable | None = None  # torch.compile(flex_attention), built on first use
 FLEX_COMPILE_S: dict[str, float] = {}  # device type -> seconds of the first compiled call
-FLEX_RECOMPILES: list[str] = []  # compile failures that a fresh compile recovered from (first lines)
 
 
 def _compiled_flex() -> Callable:
@@ -226,7 +225,6 @@ def _compiled_call(q, k, v, score_mod, block_mask):
     except torch._dynamo.exc.BackendCompilerFailed as e:
         if isinstance(e.inner_exception, NotImplementedError):
             raise
-        FLEX_RECOMPILES.append(first_line(e))
         torch._dynamo.reset()
         _COMPILED_FLEX = None
         out = _compiled_flex()(q, k, v, score_mod=score_mod, block_mask=block_mask)

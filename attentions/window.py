@@ -29,7 +29,8 @@ import torch.nn.functional as F
 from .base import Attention, check_impl
 from .errors import Unavailable, Unsupported, first_line
 from .functional import (
-    compiled_cpu_flex_problem, divisors, flex_attend, lepe_conv, window_partition, windowed_attention, windowed_lepe,
+    compiled_cpu_flex_problem, divisors, dwconv_flops, flex_attend, lepe_conv, window_partition, windowed_attention,
+    windowed_lepe,
 )
 from .packages import import_problem, package_version
 from .registry import register_attention
@@ -216,10 +217,10 @@ class CSWinAttention(Attention):
             hv, hh = self.num_heads // 2, self.num_heads - self.num_heads // 2
             dv = dh = self.head_dim
         attn = 4 * batch * n * (hv * H * self.stripe * dv + hh * self.stripe * W * dh)
-        return attn + 2 * 9 * batch * self.dim * n
+        return attn + dwconv_flops(batch, self.dim, hw)
 
     def score_recompute_flops(self, batch, hw):
-        return (self.core_flops(batch, hw) - 2 * 9 * batch * self.dim * hw[0] * hw[1]) // 2  # the stripes' QK^T
+        return (self.core_flops(batch, hw) - dwconv_flops(batch, self.dim, hw)) // 2  # the stripes' QK^T
 
 
 # -- neighborhood --------------------------------------------------------------

@@ -20,16 +20,13 @@ fixed order: no atomics, so two runs give bitwise-equal gradients.
 """
 from __future__ import annotations
 
-import importlib
 import math
-import sys
 from typing import NamedTuple
 
 import torch
 
-from ..errors import Unavailable
 from . import elfatt_fast as ef
-from .elfatt_fast import Launch, choose
+from .elfatt_fast import Launch, _launch, choose, token_splits
 from .spec import ElfattSpec, LepeWeights, Tuning
 
 LOG2E = 1.4426950408889634
@@ -51,26 +48,8 @@ class Grads(NamedTuple):
 
 
 def load_backward_kernels():
-    """The backward kernels, compiled or interpreted as the environment says now
-    (reloaded when TRITON_INTERPRET changed since they were imported)."""
-    kb = sys.modules.get(f"{__package__}.elfatt_triton_bwd")
-    if kb is not None and kb.INTERPRETED == ef.interpreting():
-        return kb
-    try:
-        from . import elfatt_triton_bwd as kb
-    except Exception as e:  # ImportError, or a triton that fails while importing
-        raise Unavailable(f"impl=fast needs triton, which cannot be imported here: {type(e).__name__}: {e}") from None
-    if kb.INTERPRETED != ef.interpreting():
-        kb = importlib.reload(kb)
-    return kb
-
-
-def _splits(N: int, BM: int, programs: int, sms: int, tuning: Tuning) -> tuple[int, int]:
-    """(chunk, splits): about one program per SM over ``programs`` (batch x head)
-    pairs, each chunk a multiple of BM tokens."""
-    target = choose(tuning.bwd_splits, max(1, math.ceil(sms / programs)))
-    chunk = BM * math.ceil(math.ceil(N / max(1, target)) / BM)
-    return chunk, math.ceil(N / chunk)
+    """The backward's Triton kernels (``elfatt_triton_bwd``), as ``elfatt_fast._load`` says."""
+    return ef._load("elfatt_triton_bwd")
 
 
 def tiles(D: int, tuning: Tuning, N: int, L: int | None = None) -> dict:
@@ -92,7 +71,7 @@ def tiles(D: int, tuning: Tuning, N: int, L: int | None = None) -> dict:
 def global_plan(B: int, G: int, N: int, D: int, dtype: torch.dtype, tuning: Tuning, sms: int) -> dict[str, Launch]:
     c = tiles(D, tuning, N)
     BD, prec, st = ef._pow2(D), ef._dot_prec(dtype), c["stages"]
-    chunk, S = _splits(N, c["red_bm"], B * G, sms, tuning)
+    chunk, S = token_splits(N, c["red_bm"], B * G, sms, tuning.bwd_splits)
     mma = dict(WIDTH=D, BD=BD, DOT_PREC=prec)
     return {
         "g_partial": Launch("global_bwd_partial_kernel", dict(mma, CHUNK=chunk, BM=c["red_bm"]), c["red_warps"], st),
@@ -106,7 +85,7 @@ def local_plan(B: int, HL: int, N: int, L: int, D: int, dtype: torch.dtype, tuni
                ) -> dict[str, Launch]:
     c = tiles(D, tuning, N, L)
     BD, prec, st = ef._pow2(D), ef._dot_prec(dtype), c["stages"]
-    chunk, S = _splits(N, c["red_bm"], B * HL, sms, tuning)
+    chunk, S = token_splits(N, c["red_bm"], B * HL, sms, tuning.bwd_splits)
     mma = dict(WIDTH=D, BD=BD, DOT_PREC=prec, L=L)
     return {
         "l_pre": Launch("stripe_bwd_pre_kernel", dict(WIDTH=D, BD=BD, CHUNK=chunk, BM=c["red_bm"]), c["red_warps"], st),
@@ -124,8 +103,7 @@ def case_plan(spec: ElfattSpec, batch: int, hw: tuple[int, int], dtype: torch.dt
     if spec.has_global():
         plan |= global_plan(batch, spec.global_count, N, spec.widths[0], dtype, tuning, sms)
     if spec.has_local():
-        HL = spec.heads - spec.global_heads if spec.global_heads is not None else 1
-        plan |= local_plan(batch, HL, N, spec.block_rows * hw[1], spec.widths[-1], dtype, tuning, sms)
+        plan |= local_plan(batch, spec.local_count, N, spec.block_rows * hw[1], spec.widths[-1], dtype, tuning, sms)
     return plan
 
 
@@ -133,14 +111,10 @@ def _strides(*ts) -> list[int]:
     return [s for t in ts for s in (t.stride(0), t.stride(1), t.stride(2))]
 
 
-def _run(kb, launch: Launch, grid, *args):
-    getattr(kb, launch.kernel)[grid](*args, **launch.consts, num_warps=launch.num_warps, num_stages=launch.num_stages)
-
-
 def _lepe_grads(kb, launch: Launch, wws, w_taps, bias, G):
     """Merge the LePE records into (dw taps-first (9, G*D), dbias (G*D,)) in the weights' dtypes."""
     dw, db = ef.empty(w_taps.shape, w_taps), ef.empty(bias.shape, bias)
-    _run(kb, launch, (G,), wws, dw, db, dw.stride(0), G)
+    _launch(kb, launch, (G,), wws, dw, db, dw.stride(0), G)
     return dw, db
 
 
@@ -152,12 +126,12 @@ def global_backward(kb, q, k, v, do, ctx, kstats, w_taps, bias, hw, dq, dk, dv, 
     BD, S = ef._pow2(D), p["g_combine"].consts["S"]
     ws = torch.empty(B * G * S, BD, BD, device=q.device, dtype=torch.float32)
     wws = torch.empty(B * G * S, NTAP, BD, device=q.device, dtype=torch.float32)
-    _run(kb, p["g_partial"], (S, B * G), q, v, do, ws, wws, *_strides(q, v, do), N, hw[1], G, S)
+    _launch(kb, p["g_partial"], (S, B * G), q, v, do, ws, wws, *_strides(q, v, do), N, hw[1], G, S)
     dctx = torch.empty(B * G, BD, BD, device=q.device, dtype=torch.float32)
     col = torch.empty(B * G, BD, device=q.device, dtype=torch.float32)
-    _run(kb, p["g_combine"], (B * G, BD // CR), ws, ctx, dctx, col)
-    _run(kb, p["g_tile"], (math.ceil(N / p["g_tile"].consts["BM"]), B * G), q, k, v, do, ctx, kstats, dctx, col,
-         w_taps, dq, dk, dv, *_strides(q, k, v, do, dq, dk, dv), w_taps.stride(0), N, hw[1], G)
+    _launch(kb, p["g_combine"], (B * G, BD // CR), ws, ctx, dctx, col)
+    _launch(kb, p["g_tile"], (math.ceil(N / p["g_tile"].consts["BM"]), B * G), q, k, v, do, ctx, kstats, dctx, col,
+            w_taps, dq, dk, dv, *_strides(q, k, v, do, dq, dk, dv), w_taps.stride(0), N, hw[1], G)
     return _lepe_grads(kb, p["g_lepe"], wws, w_taps, bias, G)
 
 
@@ -171,15 +145,15 @@ def stripe_backward(kb, q, k, v, out, lse, do, w_taps, bias, hw, r, dq, dk, dv, 
     S = p["l_lepe"].consts["S"]
     delta = torch.empty(B, HL, N, device=q.device, dtype=torch.float32)
     wws = torch.empty(B * HL * S, NTAP, ef._pow2(D), device=q.device, dtype=torch.float32)
-    _run(kb, p["l_pre"], (S, B * HL), out, do, v, w_taps, bias, delta, wws, *_strides(out, do, v), w_taps.stride(0),
-         N, W, r, HL, S)
+    _launch(kb, p["l_pre"], (S, B * HL), out, do, v, w_taps, bias, delta, wws, *_strides(out, do, v),
+            w_taps.stride(0), N, W, r, HL, S)
     scale = LOG2E / math.sqrt(D)
     n_kv = math.ceil(L / p["l_dkdv"].consts["BN"])
-    _run(kb, p["l_dkdv"], (stripes * n_kv, B * HL), q, k, v, do, lse, delta, w_taps, dk, dv,
-         *_strides(q, k, v, do, dk, dv), w_taps.stride(0), N, W, r, HL, n_kv, scale)
+    _launch(kb, p["l_dkdv"], (stripes * n_kv, B * HL), q, k, v, do, lse, delta, w_taps, dk, dv,
+            *_strides(q, k, v, do, dk, dv), w_taps.stride(0), N, W, r, HL, n_kv, scale)
     n_q = math.ceil(L / p["l_dq"].consts["BM"])
-    _run(kb, p["l_dq"], (stripes * n_q, B * HL), q, k, v, do, lse, delta, dq, *_strides(q, k, v, do, dq), N, HL, n_q,
-         scale)
+    _launch(kb, p["l_dq"], (stripes * n_q, B * HL), q, k, v, do, lse, delta, dq, *_strides(q, k, v, do, dq), N, HL,
+            n_q, scale)
     return _lepe_grads(kb, p["l_lepe"], wws, w_taps, bias, HL)
 
 

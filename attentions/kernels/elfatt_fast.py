@@ -28,6 +28,7 @@ forward only.
 from __future__ import annotations
 
 import functools
+import importlib
 import math
 import os
 import sys
@@ -87,22 +88,26 @@ def triton_missing() -> str:
         return f"triton cannot be found: {e}"
 
 
-def load_kernels():
-    """The Triton kernels module, compiled or interpreted as the environment
-    says now. ``@triton.jit`` fixes that choice when the module is imported,
-    so it is reloaded when TRITON_INTERPRET changed since (tests flip it)."""
-    import importlib
-
-    kt = sys.modules.get(f"{__package__}.elfatt_triton")
-    if kt is not None and kt.INTERPRETED == interpreting():
-        return kt  # the common case, without the import machinery
+def _load(module_name: str):
+    """The Triton kernels module ``module_name`` of this package, compiled or
+    interpreted as the environment says now. ``@triton.jit`` fixes that choice
+    when the module is imported, so it is reloaded when TRITON_INTERPRET
+    changed since (tests flip it)."""
+    km = sys.modules.get(f"{__package__}.{module_name}")
+    if km is not None and km.INTERPRETED == interpreting():
+        return km  # the common case, without the import machinery
     try:
-        from . import elfatt_triton as kt
+        km = importlib.import_module(f".{module_name}", __package__)
     except Exception as e:  # ImportError, or a triton that fails while importing
         raise Unavailable(f"impl=fast needs triton, which cannot be imported here: {type(e).__name__}: {e}") from None
-    if kt.INTERPRETED != interpreting():
-        kt = importlib.reload(kt)
-    return kt
+    if km.INTERPRETED != interpreting():
+        km = importlib.reload(km)
+    return km
+
+
+def load_kernels():
+    """The forward's Triton kernels (``elfatt_triton``), as ``_load`` says."""
+    return _load("elfatt_triton")
 
 
 def _pow2(n: int, least: int = 16) -> int:
@@ -151,6 +156,15 @@ def choose(value, default):
     return default if value is None else value
 
 
+def token_splits(N: int, tile: int, programs: int, sms: int, splits: int | None = None) -> tuple[int, int]:
+    """(chunk, splits) of N tokens for a reduction over them: ``splits`` when
+    set, else about one program per SM over ``programs`` (batch x head)
+    pairs; never more than one per ``tile`` tokens, each chunk a multiple of ``tile``."""
+    target = choose(splits, max(1, math.ceil(sms / programs)))
+    chunk = tile * math.ceil(math.ceil(N / max(1, target)) / tile)
+    return chunk, math.ceil(N / chunk)
+
+
 @dataclass(frozen=True)
 class Launch:
     """One kernel launch of a case: the kernel's name, its compile-time
@@ -168,12 +182,8 @@ def global_plan(B: int, G: int, N: int, D: int, dtype: torch.dtype, tuning: Tuni
     ``stats``: also store K's per-channel log-sum-exp (for the fused backward)."""
     BD = _pow2(D)
     BN = choose(tuning.ctx_bn, min(64, _pow2(N)))
-    # Splits: about one program per SM over all (batch, head) pairs (each
-    # streams its chunk with several tiles in flight), never more than one
-    # per BN tokens; each chunk is a multiple of BN.
-    target = choose(tuning.global_splits, max(1, math.ceil(sms / (B * G))))
-    chunk = BN * math.ceil(math.ceil(N / max(1, target)) / BN)
-    S = math.ceil(N / chunk)
+    # each split streams its chunk with several tiles in flight
+    chunk, S = token_splits(N, BN, B * G, sms, tuning.global_splits)
     prec = _dot_prec(dtype)
     plan = {"ctx": Launch("global_context_kernel", dict(WIDTH=D, CHUNK=chunk, BN=BN, BD=BD, SINGLE=S == 1,
                                                         DOT_PREC=prec, STORE_STATS=stats and S == 1),
@@ -190,9 +200,12 @@ def local_plan(L: int, D: int, dtype: torch.dtype, tuning: Tuning, lse: bool = F
     """The local branch's launch for stripes of L tokens and width D: the fused
     stripe kernel, or (``local=sdpa``) the LePE epilogue after SDPA. ``lse``:
     the stripe kernel also stores each row's log-sum-exp (for the fused
-    backward; it forces the Triton stripe kernel)."""
+    backward, which therefore needs ``local=triton``: ``Tuning.fused_backward``)."""
     BD = _pow2(D)
-    if tuning.local == "triton" or lse:
+    if lse and tuning.local != "triton":
+        raise ValueError(f"the stripes' log-sum-exp (for the fused backward) comes from the Triton stripe kernel "
+                         f"only; tuning.local={tuning.local!r} keeps none")
+    if tuning.local == "triton":
         BM = choose(tuning.stripe_bm, min(128 if BD <= 64 else 64, _pow2(L)))
         BN = choose(tuning.stripe_bn, min(64, _pow2(L)))
         consts = dict(WIDTH=D, L=L, BM=BM, BN=BN, BD=BD, DOT_PREC=_dot_prec(dtype),
@@ -235,7 +248,7 @@ def _global_branch(kt, q, k, v, w, bias, o, hw, tuning: Tuning, info, kstats=Non
     H, W = hw
     plan = global_plan(B, G, N, D, q.dtype, tuning, _sm_count(q.device), stats=kstats is not None)
     ctx_c, BD = plan["ctx"].consts, _pow2(D)
-    S = math.ceil(N / ctx_c["CHUNK"])
+    S = plan["combine"].consts["S"] if "combine" in plan else 1
     ctx = torch.empty(B * G, BD, BD, device=q.device, dtype=q.dtype)
     ws = torch.empty(B * G * S * (BD * BD + 2 * BD), device=q.device, dtype=torch.float32) if S > 1 else ctx
     stats = ctx if kstats is None else kstats  # a placeholder pointer when not stored
@@ -320,7 +333,8 @@ def fast_forward(spec: ElfattSpec, lepe: LepeWeights, q: torch.Tensor, k: torch.
                  ) -> tuple[torch.Tensor, dict[str, str]]:
     """The fast forward (no autograd): the (B, N, h, d) output buffer and what ran (tiles, registers).
     ``stats`` (a dict): also keep what the fused backward needs in it (``ctx``,
-    ``kstats``, ``lse``; the local branch then runs the Triton stripe kernel)."""
+    ``kstats``, ``lse``); local heads then need ``tuning.local=triton``
+    (``Tuning.fused_backward``)."""
     check_launchable(spec, q, k, v)
     kt = load_kernels()
     B, h, N, d = q.shape

@@ -44,12 +44,16 @@ class ElfattSpec:
         """Heads of the global branch's views (the one split head counts as one)."""
         return self.global_heads if self.global_heads is not None else 1
 
+    @property
+    def local_count(self) -> int:
+        """Heads of the local branch's views (the one split head counts as one)."""
+        return self.heads - self.global_heads if self.global_heads is not None else 1
+
     def has_global(self) -> bool:
         return self.global_channels > 0
 
     def has_local(self) -> bool:
-        local = self.heads - self.global_heads if self.global_heads is not None else self.head_dim - self.global_channels
-        return local > 0
+        return self.local_count > 0 and self.widths[-1] > 0
 
     def split(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, h, N, d) -> the global and the local branch's views."""
@@ -78,8 +82,7 @@ class Tuning:
     program per SM over batch x heads). ctx_*/out_*/stripe_*: tile sizes,
     warps and pipeline stages of each kernel. lepe_unroll: unroll the LePE's
     3 taps per row (more registers, more loads in flight). backward and bwd_*:
-    the backward pass (below); the fused backward needs the Triton stripe
-    kernel's per-row statistics, so with ``local=sdpa`` the reference backward runs.
+    the backward pass (below); whether the fused one runs: ``fused_backward``.
     """
 
     local: str = "triton"
@@ -110,6 +113,13 @@ class Tuning:
     bwd_q_bn: int | None = None
     bwd_q_warps: int | None = None
     bwd_stages: int | None = None
+
+    @property
+    def fused_backward(self) -> bool:
+        """Whether the layer's backward runs the fused kernels: asked for (``backward=fused``)
+        and possible. It needs each stripe row's log-sum-exp, which only the Triton stripe
+        kernel keeps, so with ``local=sdpa`` the reference backward runs."""
+        return self.backward == "fused" and self.local == "triton"
 
     @classmethod
     def from_dict(cls, options: dict | None) -> "Tuning":
