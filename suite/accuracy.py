@@ -23,6 +23,7 @@ import torch.nn as nn
 
 
 REFERENCE_BUDGET = 256 * 2**20  # bytes of float64 scores the exact reference holds at once
+EXACT_WEIGHTS = ("qkv.weight", "qkv.bias", "proj.weight", "proj.bias")  # what exact attention shares with any layer
 
 
 def exact_attention_fp64(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
@@ -42,8 +43,8 @@ def exact_attention_fp64(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, chun
 
 def exact_layer_fp64(module: nn.Module, x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
     """Exact attention with ``module``'s qkv and proj weights, in float64."""
-    w = {"qkv.weight": module.qkv.weight, "qkv.bias": module.qkv.bias, "proj.weight": module.proj.weight,
-         "proj.bias": module.proj.bias}
+    params = dict(module.named_parameters())
+    w = {n: params.get(n) for n in EXACT_WEIGHTS}
     return exact_layer_weights_fp64(x.double(), hw, module.num_heads,
                                     {k: None if t is None else t.double() for k, t in w.items()})
 

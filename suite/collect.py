@@ -30,7 +30,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from .records import OPTIONAL_KEY, atomic_write, case_key, read_job_records, record_fields
+from .records import (OPTIONAL_KEY, atomic_write, case_key, first_line, ordered_columns, read_job_records,
+                      read_table_file)
 
 DERIVED = ("speedup_vs_vanilla", "speedup_vs_flash", "baseline_vanilla", "baseline_flash",
            "peak_tflops", "peak_gbps", "arith_intensity", "roofline_tflops", "frac_of_peak", "frac_of_roofline",
@@ -83,21 +84,16 @@ class TableError(ValueError):
     """A results table that cannot be read (and has no readable CSV beside it)."""
 
 
-def _read(path: Path) -> pd.DataFrame:
-    return pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path, keep_default_na=False,
-                                                                                na_values=[""])
-
-
 def read_table(path: Path, problems: list[str] | None = None) -> pd.DataFrame:
     """A table file; an unreadable .parquet falls back to the .csv beside it (named in ``problems``)."""
     try:
-        return _read(path)
+        return read_table_file(path)
     except Exception as e:  # noqa: BLE001 - truncated, corrupt, not a table
-        why = f"{path}: {type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:200]}"
+        why = f"{path}: {first_line(e)}"
     twin = path.with_suffix(".csv")
     if path.suffix == ".parquet" and twin.exists():
         try:
-            df = _read(twin)
+            df = read_table_file(twin)
         except Exception:  # noqa: BLE001
             pass
         else:
@@ -132,9 +128,7 @@ def load(paths: list[str | Path], problems: list[str] | None = None) -> pd.DataF
             frames.append(df.drop(columns=[c for c in DERIVED if c in df.columns]))
     if not frames:
         raise FileNotFoundError(f"no records.parquet under {', '.join(map(str, paths))}")
-    df = pd.concat(frames, ignore_index=True)
-    ordered = [c for c in record_fields() if c in df.columns]
-    return df[ordered + [c for c in df.columns if c not in ordered]]
+    return ordered_columns(pd.concat(frames, ignore_index=True))
 
 
 # -- derived columns ---------------------------------------------------------

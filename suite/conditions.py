@@ -78,16 +78,15 @@ class GpuSampler:
 
     def __init__(self, nvml: Nvml, period_s: float = 0.02):
         self.nvml, self.period_s = nvml, period_s
-        self.min_sm, self.max_temp, self.bits, self.first = float("inf"), float("-inf"), 0, {}
+        self.min_sm, self.max_temp, self.bits, self.first, self.last = float("inf"), float("-inf"), 0, {}, {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _sample(self) -> None:
-        c = self.nvml.clocks()
-        if not self.first:
-            self.first = c
-        self.min_sm = min(self.min_sm, c.get("gpu_sm_clock_mhz", float("inf")))
-        self.max_temp = max(self.max_temp, c.get("gpu_temp_c", float("-inf")))
+        """Only what changes during a loop: the SM clock, the temperature and the reason bits."""
+        now = self.nvml.sm_clock_and_temp()
+        if now is not None:
+            self.min_sm, self.max_temp = min(self.min_sm, now[0]), max(self.max_temp, now[1])
         self.bits |= self.nvml.throttle_reasons() or 0
 
     def _run(self) -> None:
@@ -97,6 +96,7 @@ class GpuSampler:
 
     def __enter__(self):
         if self.nvml.handle is not None:
+            self.first = self.nvml.clocks()
             self._sample()
             self._thread.start()
         return self
@@ -106,15 +106,15 @@ class GpuSampler:
             self._stop.set()
             self._thread.join(timeout=2)
             self._sample()
+            self.last = self.nvml.clocks()
 
     def columns(self) -> dict:
         if self.nvml.handle is None:
             return {}
-        last = self.nvml.clocks()
         out = {"gpu_sm_clock_mhz_start": self.first.get("gpu_sm_clock_mhz"),
                "gpu_mem_clock_mhz_start": self.first.get("gpu_mem_clock_mhz"),
                "gpu_sm_clock_mhz_min": self.min_sm if self.min_sm != float("inf") else None,
-               "gpu_throttle_reasons": ",".join(reason_names(self.bits)), **last}
+               "gpu_throttle_reasons": ",".join(reason_names(self.bits)), **self.last}
         if self.max_temp != float("-inf"):
             out["gpu_temp_c"] = self.max_temp
         others = self.nvml.other_processes()
@@ -142,6 +142,11 @@ class Limits:
     noise_pct: float = 20.0
     contention_cores: float = 0.5
 
+    @classmethod
+    def of(cls, cfg) -> Limits:
+        """The limits a run's settings (``noise_pct``, ``contention_cores``) set."""
+        return cls(cfg.noise_pct, cfg.contention_cores)
+
 
 def verdict(t: Timing, c: dict, device: torch.device, limits: Limits = Limits()) -> tuple[str, list[str]]:
     """(timing_quality, reasons) by the rules in the module docstring."""
@@ -161,7 +166,7 @@ def verdict(t: Timing, c: dict, device: torch.device, limits: Limits = Limits())
         found["contended"].append(f"threads={c['threads']} exceeds the {c['cpu_affinity']} CPUs this process may use")
     if c.get("gpu_other_processes", 0):
         found["contended"].append(f"{c['gpu_other_processes']} other process(es) on the GPU")
-    spread = 100 * (t.p90_ms - t.p10_ms) / t.p50_ms if t.p50_ms > 0 else 0.0
+    spread = 100 * t.spread
     if spread > limits.noise_pct:
         found["noisy"].append(f"p10-p90 spread {spread:.0f}% of p50 > {limits.noise_pct:g}%")
     worst = next((q for q in reversed(QUALITY[1:]) if found[q]), "ok")
@@ -176,8 +181,7 @@ def judged(loop, device: torch.device, nvml: Nvml, retries: int, limits: Limits 
             time.sleep(0.5)  # a competitor that was finishing may be gone
         t, cols = observe(loop, device, nvml)
         quality, reasons = verdict(t, cols, device, limits)
-        attempts.append((QUALITY.index(quality), (t.p90_ms - t.p10_ms) / max(t.p50_ms, 1e-12), i, t, cols, quality,
-                         reasons))
+        attempts.append((QUALITY.index(quality), t.spread, i, t, cols, quality, reasons))
         if quality == "ok":
             break
     best = min(attempts)

@@ -144,7 +144,6 @@ class Nvml:
 
     def __init__(self, device: torch.device):
         self.handle = None
-        self.found_by = ""
         if device.type != "cuda":
             return
         try:
@@ -155,10 +154,21 @@ class Nvml:
             for kind, ident in nvml_ids(device):
                 with contextlib.suppress(Exception):
                     get = pynvml.nvmlDeviceGetHandleByUUID if kind == "uuid" else pynvml.nvmlDeviceGetHandleByPciBusId
-                    self.handle, self.found_by = get(ident), f"{kind} {ident}"
+                    self.handle = get(ident)
                     break
         except Exception:  # noqa: BLE001 - NVML missing or broken: the GPU columns stay empty
             self.handle = None
+
+    def sm_clock_and_temp(self) -> tuple[float, float] | None:
+        """The SM clock (MHz) and temperature (C) now: the two readings sampled during a timed loop."""
+        if self.handle is None:
+            return None
+        nv = self._nv
+        try:
+            return (nv.nvmlDeviceGetClockInfo(self.handle, nv.NVML_CLOCK_SM),
+                    nv.nvmlDeviceGetTemperature(self.handle, nv.NVML_TEMPERATURE_GPU))
+        except Exception:  # noqa: BLE001
+            return None
 
     def clocks(self) -> dict[str, object]:
         if self.handle is None:

@@ -14,10 +14,9 @@ import attentions
 
 from .config import settings_help
 from .sweep.callbacks import KNOBS, SweepCallback
-from .workloads import get_workload, list_workloads
+from .workloads import list_workloads
 
 README = Path(__file__).resolve().parents[1] / "README.md"
-MARKERS = {"attention-table": "attention_table", "settings-table": "settings_table"}
 
 
 def attention_table() -> str:
@@ -53,9 +52,9 @@ def readme_table(text: str, marker: str = "attention-table") -> str:
 
 def write_readme(path: Path = README) -> None:
     text = path.read_text()
-    for marker, fn in MARKERS.items():
+    for marker, table in (("attention-table", attention_table), ("settings-table", settings_table)):
         start, end = _bounds(text, marker)
-        text = text[:start] + "\n" + globals()[fn]() + "\n" + text[end:]
+        text = text[:start] + "\n" + table() + "\n" + text[end:]
     path.write_text(text)
 
 

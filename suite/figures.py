@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from .collect import BASELINES
+from .records import flagged_mask
 
 NOT_OK = {"oom": "OOM", "skipped": "skipped", "unsupported": "unsupported", "unavailable": "unavailable",
           "invalid": "invalid", "error": "error", "interrupted": "interrupted"}
@@ -32,7 +33,8 @@ def times_label(v: float, _pos=None) -> str:
 TOKENS_NOTE = "image side (px); tokens N = (side / patch)^2"
 
 
-def _slug(text: str) -> str:
+def slug(text: str) -> str:
+    """A file-name-safe, lower-case form of ``text`` (at most 60 characters)."""
     return re.sub(r"[^A-Za-z0-9]+", "-", str(text)).strip("-").lower()[:60]
 
 
@@ -90,7 +92,7 @@ class Figures:
             ok = g[(g["status"] == "ok") & g[y].notna()].sort_values("resolution")
             if not ok.empty:
                 ax.plot(ok["resolution"], ok[y], marker=self.markers[v], color=self.colors[v], label=v, lw=1.6, ms=5)
-                flagged = ok[~ok.get("timing_quality", pd.Series("", index=ok.index)).fillna("").isin(["", "ok"])]
+                flagged = ok[flagged_mask(ok)]
                 if not flagged.empty:  # a measurement the suite does not vouch for: ringed in red
                     ax.plot(flagged["resolution"], flagged[y], "o", ms=11, mfc="none", mec="red", mew=1.4, zorder=4)
             bad = g[g["status"] != "ok"].sort_values("resolution")
@@ -125,13 +127,13 @@ class Figures:
         if missing:
             hs.append(Line2D([], [], color="grey", marker="x", ls="none", ms=8, mew=2))
             labels.append("x at top: not measured (label: why)")
-        if "timing_quality" in self.df and (~self.df["timing_quality"].fillna("").isin(["", "ok"])).any():
+        if flagged_mask(self.df).any():
             hs.append(Line2D([], [], marker="o", ls="none", ms=11, mfc="none", mec="red", mew=1.4))
             labels.append("red ring: timing flagged (noisy, contended or throttled; see the report)")
         fig.legend(hs, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(4, len(labels)),
                    frameon=False, fontsize=9)
 
-    def _grid(self, sub: pd.DataFrame, rows: list, cols: list):
+    def _grid(self, rows: list, cols: list):
         fig, axes = self.plt.subplots(len(rows), len(cols), figsize=(5.2 * len(cols), 3.9 * len(rows)),
                                       squeeze=False)
         return fig, axes
@@ -143,7 +145,7 @@ class Figures:
             if sub.empty:
                 continue
             dtypes, workloads = sorted(sub["dtype"].unique()), sorted(sub["workload"].unique())
-            fig, axes = self._grid(sub, dtypes, workloads)
+            fig, axes = self._grid(dtypes, workloads)
             for i, dt_ in enumerate(dtypes):
                 for j, wl in enumerate(workloads):
                     ax = axes[i][j]
@@ -155,7 +157,7 @@ class Figures:
             fig.suptitle(f"{what} vs resolution — {device_title(sub)}", y=1.01)
             self._legend(fig, axes, missing=bool((sub["status"] != "ok").any()))
             fig.tight_layout()
-            self.save(fig, f"{name}__{_slug(dev)}",
+            self.save(fig, f"{name}__{slug(dev)}",
                       f"{what} vs resolution on {device_title(sub)}, dtypes {', '.join(dtypes)}, "
                       f"workloads {', '.join(workloads)} (log-log){note}.")
 
@@ -167,7 +169,7 @@ class Figures:
             if sub.empty or not bases:
                 continue
             workloads = sorted(sub["workload"].unique())
-            fig, axes = self._grid(sub, bases, workloads)
+            fig, axes = self._grid(bases, workloads)
             for i, b in enumerate(bases):
                 base = sub[f"baseline_{b}"].iloc[0]
                 for j, wl in enumerate(workloads):
@@ -188,7 +190,7 @@ class Figures:
                          y=1.03 if note else 1.01)
             self._legend(fig, axes, missing=bool((sub["status"] != "ok").any()))
             fig.tight_layout()
-            self.save(fig, f"speedup__{_slug(dev)}__{dt_}",
+            self.save(fig, f"speedup__{slug(dev)}__{dt_}",
                       f"Speedup (baseline p50 / p50; dashed line = baseline) on {device_title(sub)}, {dt_}; "
                       f"shaded: the paper's claimed band{note}.")
 
@@ -226,7 +228,7 @@ class Figures:
                 self._legend(fig, axes, missing=False)
                 fig.suptitle(f"Throughput vs accuracy proxy — {device_title(sub)}", y=1.01)
                 fig.tight_layout()
-                self.save(fig, f"pareto__{_slug(dev)}__{wl}__{acc}",
+                self.save(fig, f"pareto__{slug(dev)}__{wl}__{acc}",
                           f"Throughput vs {acc} on {device_title(sub)}, workload {wl}; dotted: Pareto front. "
                           f"rel_err_vs_exact compares with exact softmax attention on the same random weights: "
                           f"for linear/hybrid attentions it measures difference, not error of a trained model.")
@@ -267,7 +269,7 @@ class Figures:
             fig.suptitle(f"Precision comparison at {r} px — {device_title(sub)}, workload {wl} "
                          f"(x at top: not measured in that dtype)", y=1.02)
             fig.tight_layout()
-            self.save(fig, f"precision__{_slug(dev)}__{wl}",
+            self.save(fig, f"precision__{slug(dev)}__{wl}",
                       f"Latency and error vs float64 per dtype at {r} px on {device_title(sub)}, workload {wl}.")
 
 

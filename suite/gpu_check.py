@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import subprocess
 import sys
 import time
@@ -37,10 +36,6 @@ CORE = ["attention=vanilla_lepe,sdpa_flash,sdpa_cudnn,elfatt,elfatt_local,elfatt
         "resolution=512,1024,2048,3072", "precision=fp16", "workload=op,layer"]
 MODELS = ["workload=model", "model=swin_t,cswin_t", "attention=elfatt,swin,cswin,sdpa", "resolution=224",
           "batch_size=512", "precision=amp", "model.fidelity=false", "min_time_s=2"]
-
-
-def slug(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-").lower()
 
 
 def environment_readme(out: Path) -> str:
@@ -146,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: suite.gpu_check needs a CUDA GPU; torch {torch.__version__} sees none. Nothing was run.",
               file=sys.stderr)
         return 2
+    from .figures import slug
+
     name = torch.cuda.get_device_name(0)
     out = Path(args.out) if args.out else ROOT / "results" / "reference" / slug(name)
     out.mkdir(parents=True, exist_ok=True)

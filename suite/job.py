@@ -53,10 +53,10 @@ def measure_case(wl: Workload, case: Case, job: Job, device: torch.device, preci
         missing = wl.unavailable(case, device)
         if missing:
             return Record(**base, status="unavailable", reason="; ".join(missing))
-        reasons = [r for r in [dtype_unsupported_reason(device, precision.compute_dtype)] if r]
-        if wl.timed and timing_unsupported(job.cfg.timing, device):
-            reasons.append(timing_unsupported(job.cfg.timing, device))
-        reasons += wl.unsupported(case, job, device, precision)
+        reasons = [dtype_unsupported_reason(device, precision.compute_dtype),
+                   timing_unsupported(job.cfg.timing, device) if wl.timed else "",
+                   *wl.unsupported(case, job, device, precision)]
+        reasons = [r for r in reasons if r]
         if reasons:
             return Record(**base, status="unsupported", reason="; ".join(dict.fromkeys(reasons)))
         built = wl.build(case, job, device, precision)
@@ -92,7 +92,7 @@ def run(job: Job) -> list[Record]:
     case = wl.describe(job)
     device = resolve_device(job.cfg.device.name)
     precision = wl.precision_of(job, device)
-    base = base_fields(job, dict(case.identity), device, precision.name, environment(device))
+    base = base_fields(job, case.identity, device, precision.name, environment(device))
     resumed = resumed_record(job, base)
     if resumed is not None:
         return [resumed]  # resume=true: this case has an ok row already; nothing measured or written

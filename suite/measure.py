@@ -30,9 +30,19 @@ class Timing:
     repeats: int
     total_s: float  # wall time of the timed loop
     cpu_s: float  # CPU time this process spent in the timed loop, all threads
-    mode: str = "eager"
     energy_j: float = math.nan  # of the timed calls alone (see time_fn)
     busy_s: float = math.nan  # the timed calls' summed durations
+
+    @classmethod
+    def of(cls, samples_ms: list[float], total_s: float, cpu_s: float, **more) -> Timing:
+        """p10, median and p90 of the samples (ms), with the loop's wall and CPU seconds."""
+        s = sorted(samples_ms)
+        return cls(quantile(s, 0.1), statistics.median(s), quantile(s, 0.9), len(s), total_s, cpu_s, **more)
+
+    @property
+    def spread(self) -> float:
+        """(p90 - p10) / p50; 0 when the p50 is 0."""
+        return (self.p90_ms - self.p10_ms) / self.p50_ms if self.p50_ms > 0 else 0.0
 
 
 def _sync(device: torch.device) -> None:
@@ -62,7 +72,7 @@ def timing_unsupported(mode: str, device: torch.device) -> str:
 def capture_graph(fn: Fn, device: torch.device) -> Fn:
     """``fn`` captured as a CUDA graph (after two calls on a side stream, as
     torch recommends); returns the replay. Unsupported when capture fails."""
-    from attentions import Unsupported
+    from attentions.errors import Unsupported, first_line
 
     stream = torch.cuda.Stream(device)
     stream.wait_stream(torch.cuda.current_stream(device))
@@ -75,8 +85,8 @@ def capture_graph(fn: Fn, device: torch.device) -> Fn:
         with torch.cuda.graph(graph):
             fn()
     except Exception as e:  # noqa: BLE001 - a host sync, a CPU tensor or a dynamic shape inside the call
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        raise Unsupported(f"timing=cuda_graph: this call cannot be captured as a CUDA graph ({first})") from None
+        raise Unsupported(f"timing=cuda_graph: this call cannot be captured as a CUDA graph "
+                          f"({first_line(e)[:200]})") from None
     return graph.replay
 
 
@@ -140,9 +150,7 @@ def time_fn(fn: Fn, device: torch.device, *, warmup: int = 3, repeats: int = 0, 
     total, cpu = time.perf_counter() - start, time.process_time() - cpu0
     scrubbed = flush_l2 and device.type == "cuda" and mode != "kernels"
     joules = _calls_energy(energy, e0, device, repeats, scrubbed) if energy else math.nan
-    s = sorted(samples)
-    return Timing(quantile(s, 0.1), statistics.median(s), quantile(s, 0.9), repeats, total, cpu, mode, joules,
-                  sum(samples) / 1e3)
+    return Timing.of(samples, total, cpu, energy_j=joules, busy_s=sum(samples) / 1e3)
 
 
 def _calls_energy(energy, e0, device, repeats: int, scrubbed: bool) -> float:
@@ -313,8 +321,10 @@ def try_count_flops(fn: Fn) -> tuple[float, str]:
         # would fail every later compiled call in this process (seen with
         # eager FlexAttention on CPU, torch 2.13): drop those caches.
         torch._dynamo.reset()
-        first = (str(e).strip().splitlines() or [""])[0][:200]
-        return math.nan, f"flops_counted unavailable: FlopCounterMode failed ({type(e).__name__}: {first})"
+        from attentions.errors import first_line
+
+        why = f"{type(e).__name__}: {first_line(e)[:200]}"
+        return math.nan, f"flops_counted unavailable: FlopCounterMode failed ({why})"
 
 
 def sdpa_kernels(fn: Fn) -> set[str]:

@@ -8,6 +8,7 @@ directory as soon as they exist, so a crash later never loses them.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import datetime as dt
 import json
 import math
@@ -149,12 +150,17 @@ def record_fields() -> list[str]:
     return [f.name for f in dataclasses.fields(Record)]
 
 
+@functools.cache
+def record_defaults() -> dict:
+    return {f.name: f.default for f in dataclasses.fields(Record)}
+
+
 # -- making rows ---------------------------------------------------------------
 def base_fields(job: Job, identity: dict, device: torch.device, dtype_name: str, env: dict) -> dict:
     """The identifying columns of a row. ``identity`` holds the workload's own
     grid, width and model facts over the top-level settings."""
     cfg = job.cfg
-    hw = identity.pop("grid", (0, 0))
+    hw = identity.get("grid", (0, 0))
     fields = dict(
         attention=str(cfg.attention.get("name")),
         variant=job.label,
@@ -178,7 +184,17 @@ def base_fields(job: Job, identity: dict, device: torch.device, dtype_name: str,
         config=job.config_yaml,
     )
     fields.update({k: v for k, v in env.items() if k in Record.__dataclass_fields__ and k != "device_name"})
-    return fields | identity
+    return fields | {k: v for k, v in identity.items() if k != "grid"}
+
+
+def flagged(quality) -> bool:
+    """A timing verdict the suite does not vouch for: noisy, contended or throttled ("" or missing: not timed)."""
+    return isinstance(quality, str) and quality not in ("", "ok")
+
+
+def flagged_mask(df: pd.DataFrame) -> pd.Series:
+    """Which rows of a table carry a flagged timing."""
+    return df["timing_quality"].map(flagged) if "timing_quality" in df else pd.Series(False, index=df.index)
 
 
 def first_line(e: BaseException) -> str:
@@ -242,9 +258,13 @@ OPTIONAL_KEY = ("model", "proxy_task", "proxy_steps", "direction", "timing")
 
 def case_key(row: dict | pd.Series, columns) -> tuple:
     """The row's case as a tuple of strings (a missing column reads as Record's default)."""
-    defaults = {f.name: f.default for f in dataclasses.fields(Record)}
-    cols = list(CASE_KEY) + [c for c in OPTIONAL_KEY if c in columns]
-    return tuple(_norm(row.get(c, defaults.get(c, ""))) for c in cols)
+    return key_of(row, list(CASE_KEY) + [c for c in OPTIONAL_KEY if c in columns])
+
+
+def key_of(row: dict | pd.Series, columns) -> tuple:
+    """``row``'s values in ``columns`` as strings, one spelling per value (a missing column reads as Record's default)."""
+    defaults = record_defaults()
+    return tuple(_norm(row.get(c, defaults.get(c, ""))) for c in columns)
 
 
 def _norm(value) -> str:
@@ -273,15 +293,26 @@ def atomic_write(write, path: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def read_table_file(path: Path) -> pd.DataFrame:
+    """A .parquet or .csv table; in a CSV only empty cells are missing (a string such as "NA" stays)."""
+    return pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path, keep_default_na=False,
+                                                                                na_values=[""])
+
+
+def ordered_columns(df: pd.DataFrame) -> pd.DataFrame:
+    """``Record``'s fields first, in their order, then any other columns."""
+    fields = record_fields()
+    return df[[c for c in fields if c in df.columns] + [c for c in df.columns if c not in fields]]
+
+
 def read_folder(directory: Path, problems: list[str] | None = None) -> pd.DataFrame:
     """The rows in one job folder: records.parquet, else records.csv. Files that
     cannot be read are named in ``problems``."""
-    pq, csv = Path(directory) / "records.parquet", Path(directory) / "records.csv"
-    for path, read in ((pq, pd.read_parquet), (csv, lambda p: pd.read_csv(p, keep_default_na=False, na_values=[""]))):
+    for path in (Path(directory) / "records.parquet", Path(directory) / "records.csv"):
         if not path.exists():
             continue
         try:
-            return read(path)
+            return read_table_file(path)
         except Exception as e:  # noqa: BLE001 - a truncated or corrupt table: say so, try the other
             if problems is not None:
                 problems.append(f"{path}: {first_line(e)}")
@@ -306,7 +337,7 @@ def write_records(records: list[Record], directory: str | Path) -> tuple[Path, P
                     path.rename(path.with_name(f"{path.name}.unreadable-{stamp}"))
         new = pd.DataFrame([r.row() for r in records], columns=record_fields())
         df = pd.concat([old, new], ignore_index=True) if not old.empty else new
-        df = df[[c for c in record_fields() if c in df.columns] + [c for c in df.columns if c not in record_fields()]]
+        df = ordered_columns(df)
         atomic_write(lambda p: df.to_parquet(p, index=False), pq)
         atomic_write(lambda p: df.to_csv(p, index=False), csv)
     except OSError as e:
@@ -324,11 +355,6 @@ def check_writable(directory: str | Path) -> None:
         probe.unlink()
     except OSError as e:
         raise RowsNotWritten(e.errno, f"{directory} is not writable ({e.strerror or e}); nothing was measured") from None
-
-
-def read_records(path: str | Path) -> pd.DataFrame:
-    path = Path(path)
-    return pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
 
 
 def read_job_records(root: Path, problems: list[str] | None = None) -> pd.DataFrame:

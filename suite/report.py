@@ -17,6 +17,7 @@ import pandas as pd
 
 from .collect import BASELINES, PAPER_NAMES, TableError, derive, read_table
 from .figures import NOT_OK, Figures
+from .records import flagged_mask
 
 def load_results(path: str | Path) -> pd.DataFrame:
     """A results table; derived columns are (re)computed when missing. TableError when unreadable."""
@@ -141,7 +142,7 @@ def flagged_section(df: pd.DataFrame) -> list[str]:
     lines = ["## Flagged timings", ""]
     if "timing_quality" not in df:
         return lines + ["This table records no measuring conditions (written before they were recorded).", ""]
-    flagged = df[(df["status"] == "ok") & ~df["timing_quality"].fillna("").isin(["", "ok"])]
+    flagged = df[(df["status"] == "ok") & flagged_mask(df)]
     if flagged.empty:
         return lines + ["Every measured case was timed under good conditions (timing_quality ok).", ""]
     cols = ["device_name", "dtype", "workload", "variant", "resolution", "timing_quality", "timing_note"]

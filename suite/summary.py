@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from .config import Job
-from .records import Record
+from .records import Record, flagged
 from .workloads import get_workload
 
 
@@ -19,7 +19,7 @@ def cell(record: Record, field: str, fmt: str) -> str:
     or ``outcome`` (the status, and the timing verdict when it is not ok)."""
     if field == "outcome":
         q = record.timing_quality
-        return record.status + (f"/{q}" if q not in ("", "ok") else "")
+        return record.status + (f"/{q}" if flagged(q) else "")
     value = spread(record) if field == "spread" else getattr(record, field, None)
     if value is None or value == "" or (isinstance(value, float) and math.isnan(value)):
         return "-"
@@ -46,7 +46,7 @@ def print_summary(records: list[Record], job: Job) -> None:
     for r in records:
         if r.reason:
             console.print(f"[{r.status}] {r.reason}", markup=False, highlight=False)
-        if r.timing_quality not in ("", "ok"):
+        if flagged(r.timing_quality):
             console.print(f"[timing {r.timing_quality}] {r.timing_note}", markup=False, highlight=False)
     console.print(f"records: {job.run_dir / 'records.parquet'} (and records.csv)", markup=False, highlight=False,
                   soft_wrap=True)

@@ -230,7 +230,7 @@ class Backbone(nn.Module):
             if stage.merge is not None:
                 total += stage.merge.flops(batch, sp.grid)
             for blk in stage.blocks:
-                a = blk.attn.flops(batch, sp.grid, "layer") if hasattr(blk.attn, "flops") else 0
+                a = blk.attn.flops(batch, sp.grid, "layer")
                 attn += a
                 total += a + blk.mlp.flops(batch * n)
         total += 2 * batch * self.head.in_features * self.head.out_features

@@ -75,7 +75,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def map_key(arch: str, key: str) -> str | None:
-    for pattern, target in RULES.get("swin" if arch == "swin" else arch, []):
+    for pattern, target in RULES.get(arch, []):
         if re.search(pattern, key):
             return re.sub(pattern, target, key)
     return None
@@ -98,5 +98,6 @@ def load_timm_weights(model: Backbone, state: dict[str, torch.Tensor]) -> Loaded
         own[target] = tensor.to(own[target].dtype)
         out.loaded.append(target)
     model.load_state_dict(own)
-    out.left_random = [k for k in own if k not in set(out.loaded)]
+    loaded = set(out.loaded)
+    out.left_random = [k for k in own if k not in loaded]
     return out

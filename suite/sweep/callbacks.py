@@ -36,16 +36,18 @@ def _multirun(config: DictConfig) -> bool:
 
 
 def one_line(rows: list[Any]) -> str:
-    """A job's result in one line: case, status, p50 latency or the reason."""
+    """A job's result (its rows) in one line: case, status, p50 latency or the reason."""
+    from ..records import flagged
+
     parts = []
     for r in rows:
-        g = r.get if isinstance(r, dict) else (lambda k, d=None, r=r: getattr(r, k, d))
+        g = lambda k, d=None, r=r: getattr(r, k, d)  # noqa: E731
         label = g("variant") or g("attention")
         model = f" in {g('model')}" if g("model", "") else ""
         head = f"{g('status'):<11} {label}{model} {g('workload')} {g('dtype')} {g('resolution')}px"
         lat, top1 = g("latency_ms_p50"), g("proxy_top1", math.nan)
-        quality = g("timing_quality", "") or ""
-        flag = f" [timing {quality}: {g('timing_note', '')}]" if quality not in ("", "ok") else ""
+        quality = g("timing_quality", "")
+        flag = f" [timing {quality}: {g('timing_note', '')}]" if flagged(quality) else ""
         if g("status") == "ok" and lat is not None and not math.isnan(lat):
             parts.append(f"{head}: {lat:.3f} ms{flag}")
         elif g("status") == "ok" and top1 is not None and not math.isnan(top1):
@@ -261,11 +263,13 @@ class SweepCallback(Callback):
             return
         from hydra.core.utils import JobStatus
 
+        from ..records import flagged as is_flagged
+
         rows = job_return._return_value if job_return.status == JobStatus.COMPLETED else None
         flagged = False
         if isinstance(rows, list) and rows:
             statuses = [getattr(r, "status", "") for r in rows]
-            flagged = any(getattr(r, "timing_quality", "") not in ("", "ok") for r in rows)
+            flagged = any(is_flagged(getattr(r, "timing_quality", "")) for r in rows)
             line = one_line(rows)
         else:  # the job raised past run.py: say so (run.py turns exceptions into rows first)
             statuses = ["error"]

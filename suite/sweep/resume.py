@@ -9,14 +9,13 @@
 """
 from __future__ import annotations
 
-import dataclasses
+import math
 
-import pandas as pd
 import torch
 
 from ..config import Job
 from ..device import available_bytes
-from ..records import Record, read_job_records
+from ..records import Record, read_job_records, record_fields
 
 _VOLATILE = ("resume", "records_dir")  # settings that do not change what is measured
 
@@ -45,7 +44,7 @@ def resumed_record(job: Job, base: dict) -> Record | None:
     if hits.empty:
         return None
     hit = hits.sort_values("timestamp", ascending=False).iloc[0]
-    names = {f.name for f in dataclasses.fields(Record)}
+    names = set(record_fields())
     print(f"[resume] ok row for this case already in {hit['job_dir']}: not measured again", flush=True)
     return Record(**{k: v for k, v in hit.to_dict().items() if k in names})
 
@@ -84,4 +83,4 @@ def count_jobs(sweeper_params: dict | None, task_overrides: list[str]) -> int:
     for o in OverridesParser.create().parse_overrides(lines):
         key = o.get_key_element()
         counts[key] = len(list(o.sweep_string_iterator())) if o.is_discrete_sweep() else 1
-    return max(1, int(pd.Series(list(counts.values()) or [1]).prod()))
+    return max(1, math.prod(counts.values()))

@@ -8,7 +8,6 @@ from .base import seeded_randn
 from .registry import register_workload
 from .single import SingleAttention
 
-EXACT_WEIGHTS = ("qkv.weight", "qkv.bias", "proj.weight", "proj.bias")  # what exact attention shares with any layer
 
 
 @register_workload
@@ -31,15 +30,15 @@ class Layer(SingleAttention):
         """Exact attention with the layer's qkv and proj weights, differentiated in
         float64 with respect to x and those weights (None for the layer's other weights)."""
         params = dict(module.named_parameters())
-        shared = [params[n].detach().double() if params.get(n) is not None else None for n in EXACT_WEIGHTS]
+        shared = [params[n].detach().double() if params.get(n) is not None else None for n in acc.EXACT_WEIGHTS]
         leaves = [first64[0]] + [t for t in shared if t is not None]
 
         def exact(xs):
             it = iter(xs[1:])
-            w = {n: next(it) if t is not None else None for n, t in zip(EXACT_WEIGHTS, shared)}
+            w = {n: next(it) if t is not None else None for n, t in zip(acc.EXACT_WEIGHTS, shared)}
             return acc.exact_layer_weights_fp64(xs[0], hw, module.num_heads, w)
 
         grads = iter(acc.grads_of(exact, leaves, go64))
         by_name = {"dx": next(grads)}
-        by_name.update({f"d{n}": next(grads) for n, t in zip(EXACT_WEIGHTS, shared) if t is not None})
+        by_name.update({f"d{n}": next(grads) for n, t in zip(acc.EXACT_WEIGHTS, shared) if t is not None})
         return [by_name.get(n) for n in self.grad_names(module)]

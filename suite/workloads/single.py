@@ -154,7 +154,3 @@ class SingleAttention(Workload):
         if need > 4 * acc.REFERENCE_BUDGET:
             return None, f"exact gradient reference skipped: its scores need {need / 2**30:.2f} GiB"
         return self.exact_reference_grads(module, first64, go64, hw), ""
-
-
-def run_info_json(info: dict) -> str:
-    return json.dumps(info, sort_keys=True) if info else ""

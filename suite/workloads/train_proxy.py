@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import statistics
 import time
 
 import torch
@@ -37,7 +36,7 @@ from ..config import (
     PROXY_TASKS, BadInput, Job, ModelConfig, ProxyConfig, attention_options, check_choice, check_positive,
 )
 from ..device import Nvml, Precision
-from ..measure import Timing, quantile
+from ..measure import Timing
 from ..models import Backbone, ModelPlan, TokenStem, build_model, count_params
 from . import proxy_data
 from .base import Built, Case, Column, Measured, Workload
@@ -186,9 +185,8 @@ def train_and_eval(model: Backbone, data, pc: ProxyConfig, device, amp_dtype, se
     t_train, cpu0 = time.perf_counter(), time.process_time()
     step_ms, losses = train(model, xtr, ytr, pc, device, amp_dtype, seed, progress)
     train_s, cpu_s = time.perf_counter() - t_train, time.process_time() - cpu0
-    s = sorted(step_ms)
     tail = losses[-max(1, len(losses) // 10):]
-    steps = Timing(quantile(s, 0.1), statistics.median(s), quantile(s, 0.9), len(s), train_s, cpu_s)
+    steps = Timing.of(step_ms, train_s, cpu_s)
     return dict(
         proxy_top1=evaluate(model, xte, yte, pc, device, amp_dtype),
         proxy_eval_items=len(yte),
@@ -198,7 +196,7 @@ def train_and_eval(model: Backbone, data, pc: ProxyConfig, device, amp_dtype, se
         latency_ms_p10=steps.p10_ms,
         latency_ms_p50=steps.p50_ms,
         latency_ms_p90=steps.p90_ms,
-        repeats=len(s),
+        repeats=steps.repeats,
         throughput_per_s=pc.batch_size / (steps.p50_ms / 1e3),
     ), steps
 
@@ -263,7 +261,7 @@ class TrainProxy(Workload):
             values.update(cols)
             return steps
 
-        _, conditions = judged(loop, device, Nvml(device), 0, Limits(job.cfg.noise_pct, job.cfg.contention_cores))
+        _, conditions = judged(loop, device, Nvml(device), 0, Limits.of(job.cfg))
         values.update(conditions, proxy_wall_s=time.perf_counter() - built.started)  # data, training, evaluation
         return Measured(values, [])
 
