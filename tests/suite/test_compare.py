@@ -26,7 +26,8 @@ def test_a_slowed_attention_fails_the_check(run_job, tmp_path, monkeypatch, caps
 
     monkeypatch.setattr(A.exact.VanillaAttention, "core", slowed)
     sweep(run_job, tmp_path / "new", ("vanilla_lepe", "elfatt", "sdpa"))
-    code = C.main([str(tmp_path / "base"), str(tmp_path / "new"), "--fail-if-slower", "20", "--out", str(tmp_path)])
+    # 300%: the slowed case is about 60x slower (0.3 ms -> 20 ms here); a neighbour on a shared machine can make another case 2x slower
+    code = C.main([str(tmp_path / "base"), str(tmp_path / "new"), "--fail-if-slower", "300", "--out", str(tmp_path)])
     out, err = capsys.readouterr()
     assert code == 1 and "vanilla_lepe op 64px fp32" in err and "elfatt" not in err
     row = next(line for line in out.splitlines() if line.startswith("| vanilla_lepe"))
