@@ -102,3 +102,13 @@ def test_readme_settings_table_matches_the_config():
     from suite.docs import README, readme_table, settings_table
 
     assert readme_table(README.read_text(), "settings-table") == settings_table(), "run: python -m suite.docs --write"
+
+
+def test_ci_runs_the_readmes_commands_verbatim():
+    """CI does what a newcomer does: the README's quickstart lines, the console script ``pytest`` included."""
+    readme = (ROOT / "README.md").read_text()
+    block = re.search(r"## Quickstart.*?```bash\n(.*?)```", readme, re.S).group(1).strip().splitlines()
+    ci = (ROOT / ".ci" / "run").read_text()
+    said = dict(re.findall(r"^readme_(install|test)='(.*)'$", ci, re.M))
+    assert [said["install"], said["test"]] == block
+    assert "-m pytest" not in ci
