@@ -22,10 +22,13 @@ def main(cfg: DictConfig) -> list:
 
 
 if __name__ == "__main__":
+    from suite.job import exit_code, install_signal_handlers, interruption
+
+    install_signal_handlers()  # SIGTERM (a scheduler) is handled like Ctrl-C
     try:
         register_configs()
         preflight(sys.argv[1:])
         main()
-    except KeyboardInterrupt:  # before or between jobs; a job marks its own case
-        print("interrupted (Ctrl-C); rows written before are kept", file=sys.stderr)
-        sys.exit(130)
+    except KeyboardInterrupt as e:  # before or between jobs; a job marks its own case
+        print(f"{interruption(e)}; rows written before are kept", file=sys.stderr)
+        sys.exit(exit_code(e))

@@ -140,6 +140,20 @@ def register_configs() -> None:
     OmegaConf.register_new_resolver("case_dir", case_dirname, replace=True)
     OmegaConf.register_new_resolver("run_name", run_name, replace=True)
     OmegaConf.register_new_resolver("vit_batch", vit_batch, replace=True)
+    OmegaConf.register_new_resolver("run_id", run_id, replace=True)
+
+
+_RUN_ID: list[str] = []
+
+
+def run_id() -> str:
+    """This process's tag for a single run's folder (pid and 16 random bits, fixed for
+    the process): two runs started in the same second never share a folder."""
+    if not _RUN_ID:
+        import os
+
+        _RUN_ID.append(f"{os.getpid()}{os.urandom(2).hex()}")
+    return _RUN_ID[0]
 
 
 VIT_BATCH = {224: 256, 512: 32}  # the batches the paper-style GPU comparisons use; 1 above

@@ -100,11 +100,53 @@ def run(job: Job) -> list[Record]:
     try:
         record = Record(**base, status="skipped", reason=skipped) if skipped else \
             measure_case(wl, case, job, device, precision, base)
-    except KeyboardInterrupt:  # the case is marked, the rows written before it stay
-        write_records([Record(**base, status="interrupted", reason="interrupted by the user (Ctrl-C)")], job.run_dir)
+    except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM: the case is marked, the rows written before it stay
+        _note(write_records([Record(**base, status="interrupted", reason=interruption(e))], job.run_dir))
+        e.marked = job.run_dir
         raise
-    write_records([record], job.run_dir)
+    _note(write_records([record], job.run_dir))
     return [record]
+
+
+class Terminated(KeyboardInterrupt):
+    """A termination signal (SIGTERM from a scheduler, SIGHUP), handled like Ctrl-C."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def on_signal(signum, _frame) -> None:
+    raise Terminated(signum)
+
+
+def install_signal_handlers() -> None:
+    """SIGTERM and SIGHUP end the run like Ctrl-C does (main thread only)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, on_signal)
+
+
+def interruption(e: BaseException) -> str:
+    """Why the run stopped, for the row and the message."""
+    if isinstance(e, Terminated):
+        import signal
+
+        return f"terminated by {signal.Signals(e.signum).name} (signal {e.signum})"
+    return "interrupted by the user (Ctrl-C)"
+
+
+def exit_code(e: BaseException) -> int:
+    """What a shell or scheduler expects: 128 + the signal (130 for Ctrl-C, 143 for SIGTERM)."""
+    return 128 + (e.signum if isinstance(e, Terminated) else 2)
+
+
+def _note(note: str) -> None:
+    if note:
+        print(f"note: {note}", file=sys.stderr, flush=True)
 
 
 def make_job(cfg: DictConfig, run_dir: str | Path, *, choice: str | None = None, overrides: list[str] = (),
@@ -130,6 +172,7 @@ def main(cfg: DictConfig) -> list[Record]:
     """What ``run.py`` calls: one job, its rows written and summarised."""
     from .summary import print_summary
 
+    install_signal_handlers()
     job = job_from_hydra(cfg)
     multirun = job.sweep_dir is not None
     if job.cfg.resume and not multirun:
@@ -143,9 +186,10 @@ def main(cfg: DictConfig) -> list[Record]:
         _write_or_stop(records, job)
     except RowsNotWritten as e:
         _fail(f"error: {e}; rows written before are kept; stopping", 1)
-    except KeyboardInterrupt:
-        _fail(f"interrupted (Ctrl-C): this case is marked 'interrupted' in {job.run_dir}; rows written before "
-              f"are kept", 130)
+    except KeyboardInterrupt as e:
+        marked = getattr(e, "marked", None)
+        where = f"this case is marked 'interrupted' in {marked}; " if marked else ""
+        _fail(f"{interruption(e)}: {where}rows written before are kept", exit_code(e))
     except Exception as e:  # noqa: BLE001 - a sweep job that fails outside measuring is a row too
         if not multirun:
             raise
@@ -158,7 +202,7 @@ def main(cfg: DictConfig) -> list[Record]:
 
 def _write_or_stop(records: list[Record], job: Job) -> None:
     try:
-        write_records(records, job.run_dir)
+        _note(write_records(records, job.run_dir))
     except RowsNotWritten as e:
         _fail(f"error: {e}; rows written before are kept; stopping", 1)
 

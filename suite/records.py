@@ -8,19 +8,22 @@ directory as soon as they exist, so a crash later never loses them.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import datetime as dt
+import functools
 import json
 import math
 import os
 import traceback
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 import torch
 
+from . import storage
 from .config import Job, attention_options
+from .storage import RowsNotWritten, atomic_write  # noqa: F401  (re-exported: the row API in one place)
 
 STATUSES = ("ok", "oom", "unsupported", "unavailable", "invalid", "skipped", "error", "interrupted")
 
@@ -109,6 +112,7 @@ class Record:
     timestamp: str = ""
     seed: int = 0
     config: str = ""  # the full resolved config, as YAML
+    row_id: str = ""  # unique per row: tells a row from its copy in another table
     # workload=model / workload=train_proxy (suite/workloads/); empty otherwise.
     # There dim/heads/patch_size/grid/tokens are the model's stage-1 values.
     model: str = ""
@@ -181,6 +185,7 @@ def base_fields(job: Job, identity: dict, device: torch.device, dtype_name: str,
         attention_options=json.dumps(attention_options(cfg), sort_keys=True),
         seed=cfg.seed,
         timestamp=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        row_id=uuid.uuid4().hex,
         config=job.config_yaml,
     )
     fields.update({k: v for k, v in env.items() if k in Record.__dataclass_fields__ and k != "device_name"})
@@ -276,27 +281,9 @@ def _norm(value) -> str:
     return str(value)
 
 
-# -- reading and writing ---------------------------------------------------------
-class RowsNotWritten(OSError):
-    """The rows of a case could not be written (full disk, read-only folder...)."""
-
-
-def atomic_write(write, path: Path) -> None:
-    """``write(tmp)`` then rename over ``path``: a reader never sees half a file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
+# -- reading and writing (the discipline lives in storage.py) -------------------
 def read_table_file(path: Path) -> pd.DataFrame:
-    """A .parquet or .csv table; in a CSV only empty cells are missing (a string such as "NA" stays)."""
-    return pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path, keep_default_na=False,
-                                                                                na_values=[""])
+    return storage.read_table_file(path)
 
 
 def ordered_columns(df: pd.DataFrame) -> pd.DataFrame:
@@ -306,43 +293,18 @@ def ordered_columns(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def read_folder(directory: Path, problems: list[str] | None = None) -> pd.DataFrame:
-    """The rows in one job folder: records.parquet, else records.csv. Files that
-    cannot be read are named in ``problems``."""
-    for path in (Path(directory) / "records.parquet", Path(directory) / "records.csv"):
-        if not path.exists():
-            continue
-        try:
-            return read_table_file(path)
-        except Exception as e:  # noqa: BLE001 - a truncated or corrupt table: say so, try the other
-            if problems is not None:
-                problems.append(f"{path}: {first_line(e)}")
-    return pd.DataFrame()
+    """The rows in one job folder (``storage.read_folder``)."""
+    return storage.read_folder(directory, problems)
 
 
-def write_records(records: list[Record], directory: str | Path) -> tuple[Path, Path]:
-    """Add ``records`` to records.parquet and records.csv in ``directory``,
-    atomically; rows already there are kept (a file that cannot be read is
-    set aside as ``*.unreadable-<time>``, never deleted). RowsNotWritten when
-    the folder cannot take them."""
-    directory = Path(directory)
-    pq, csv = directory / "records.parquet", directory / "records.csv"
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        problems: list[str] = []
-        old = read_folder(directory, problems)
-        if problems:
-            stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-            for path in (pq, csv):
-                if path.exists() and any(str(path) in p for p in problems):
-                    path.rename(path.with_name(f"{path.name}.unreadable-{stamp}"))
-        new = pd.DataFrame([r.row() for r in records], columns=record_fields())
-        df = pd.concat([old, new], ignore_index=True) if not old.empty else new
-        df = ordered_columns(df)
-        atomic_write(lambda p: df.to_parquet(p, index=False), pq)
-        atomic_write(lambda p: df.to_csv(p, index=False), csv)
-    except OSError as e:
-        raise RowsNotWritten(e.errno, f"could not write rows to {directory}: {e.strerror or e}") from None
-    return pq, csv
+def write_records(records: list[Record], directory: str | Path) -> str:
+    """Add ``records`` to ``directory`` as one immutable part, then rebuild
+    records.parquet/.csv (``storage.write_rows``). Returns a note when the
+    views could not be rebuilt (the rows are safe). RowsNotWritten when the
+    folder cannot take them."""
+    df = pd.DataFrame([r.row() for r in records], columns=record_fields())
+    _, note = storage.write_rows(df, directory, ordered_columns)
+    return note
 
 
 def check_writable(directory: str | Path) -> None:
@@ -358,12 +320,6 @@ def check_writable(directory: str | Path) -> None:
 
 
 def read_job_records(root: Path, problems: list[str] | None = None) -> pd.DataFrame:
-    """Every job folder's rows under ``root`` (parquet, else the CSV beside it);
-    what could not be read is named in ``problems``."""
-    frames = []
-    folders = sorted({f.parent for pattern in ("records.parquet", "records.csv") for f in Path(root).rglob(pattern)})
-    for folder in folders:
-        df = read_folder(folder, problems)
-        if not df.empty:
-            frames.append(df.assign(job_dir=str(folder)))
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    """Every job folder's rows under ``root`` (``storage.read_tree``); what could
+    not be read is named in ``problems``."""
+    return storage.read_tree(root, problems)

@@ -179,7 +179,7 @@ class SweepCallback(Callback):
         self.show_progress = progress
         self.poll_s = poll_s
         self._tracker: SweepTracker | None = None
-        self._lock: Path | None = None
+        self._lock: lock.Held | None = None
 
     def __getstate__(self) -> dict:
         # submitit pickles the Hydra context (and so this object) for each job:

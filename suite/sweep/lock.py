@@ -1,14 +1,21 @@
-"""One sweep at a time per sweep folder: a lock file the launching process holds.
+"""One sweep at a time per sweep folder: an exclusive ``fcntl.flock`` on
+``.sweep.lock`` that the launching process holds for the whole sweep.
 
-A second sweep on the same folder refuses with one line naming the holder; a
-lock left by a process that is gone (same host) is taken over, and says so.
+The kernel drops the lock when the process ends, however it ends (a crash,
+SIGKILL, a reboot), so there is no stale lock to take over and two processes
+can never both hold it. The file's content (pid, host, start time) is only
+for the message a second sweep prints. On NFS, Linux maps flock onto NFS
+byte-range locks (lockd / NFSv4); where the file system refuses locks the
+sweep runs unlocked and says so.
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import platform
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 LOCK = ".sweep.lock"
@@ -18,51 +25,45 @@ class SweepLocked(RuntimeError):
     """Another live sweep holds this folder."""
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
+@dataclass
+class Held:
+    path: Path
+    fd: int | None  # None: this file system cannot lock
 
 
-def acquire(sweep_dir: Path) -> tuple[Path, str]:
-    """Take the folder's lock: (lock path, a note when a stale lock was taken over). SweepLocked when held."""
+def acquire(sweep_dir: Path) -> tuple[Held, str]:
+    """Take the folder's lock: (the handle, a note for the user or ""). SweepLocked when held."""
     sweep_dir.mkdir(parents=True, exist_ok=True)
     path = sweep_dir / LOCK
-    me = {"pid": os.getpid(), "host": platform.node(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
-    note = ""
-    for _ in range(2):
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            try:
-                holder = json.loads(path.read_text() or "{}")
-            except (OSError, ValueError):
-                holder = {}
-            same_host = holder.get("host") == me["host"]
-            if same_host and holder.get("pid") and not _alive(int(holder["pid"])):
-                path.unlink(missing_ok=True)
-                note = f"took over the lock of sweep pid {holder['pid']} (started {holder.get('started')}), which is gone"
-                continue
-            raise SweepLocked(
-                f"another sweep (pid {holder.get('pid', '?')} on {holder.get('host', '?')}, started "
-                f"{holder.get('started', '?')}) is using {sweep_dir}; wait for it to finish or set another "
-                f"hydra.sweep.dir (a lock left by a crash: delete {path})") from None
-        with os.fdopen(fd, "w") as f:
-            json.dump(me, f)
-        return path, note
-    raise SweepLocked(f"could not take the lock {path}")
-
-
-def release(path: Path | None) -> None:
-    if path is None:
-        return
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        holder = json.loads(path.read_text() or "{}")
-        if holder.get("pid") == os.getpid():
-            path.unlink()
-    except (OSError, ValueError):
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        try:
+            holder = json.loads(path.read_text() or "{}")
+        except (OSError, ValueError):
+            holder = {}
+        raise SweepLocked(
+            f"another sweep (pid {holder.get('pid', '?')} on {holder.get('host', '?')}, started "
+            f"{holder.get('started', '?')}) is using {sweep_dir}; wait for it to finish or set another "
+            f"hydra.sweep.dir") from None
+    except OSError as e:  # ENOLCK / EOPNOTSUPP
+        os.close(fd)
+        return Held(path, None), f"{sweep_dir} cannot be locked here ({e.strerror}): nothing stops a second sweep"
+    me = {"pid": os.getpid(), "host": platform.node(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, json.dumps(me).encode(), 0)
+    return Held(path, fd), ""
+
+
+def release(held: Held | None) -> None:
+    """Give the lock back (idempotent)."""
+    if held is None or held.fd is None:
+        return
+    fd, held.fd = held.fd, None
+    try:
+        os.ftruncate(fd, 0)
+    except OSError:
         pass
+    os.close(fd)

@@ -18,6 +18,7 @@ import torch
 
 from suite import cli
 from suite import records as R
+from suite.sweep import lock
 from suite.conditions import Limits, verdict
 from suite.measure import Timing
 from suite.workloads.single import SingleAttention
@@ -99,17 +100,17 @@ def test_cuda_graph_timing_is_unsupported_on_cpu(run_job, tmp_path):
 
 
 # -- rows never lost or overwritten ----------------------------------------------------
-def test_writing_appends_atomically_and_sets_corrupt_files_aside(tmp_path):
+def test_writing_appends_and_a_broken_view_loses_nothing(tmp_path):
     from test_report import row
 
     R.write_records([row("elfatt", latency=1.0)], tmp_path)
     R.write_records([row("elfatt", latency=2.0)], tmp_path)  # a rerun of the same case: both rows stay
     assert pd.read_parquet(tmp_path / "records.parquet")["latency_ms_p50"].tolist() == [1.0, 2.0]
-    (tmp_path / "records.parquet").write_bytes(b"PAR1 truncated")  # the CSV twin still has both rows
+    (tmp_path / "records.parquet").write_bytes(b"PAR1 truncated")  # the view: the parts are the truth
     R.write_records([row("elfatt", latency=3.0)], tmp_path)
     assert pd.read_parquet(tmp_path / "records.parquet")["latency_ms_p50"].tolist() == [1.0, 2.0, 3.0]
-    assert len(list(tmp_path.glob("records.parquet.unreadable-*"))) == 1  # kept, never deleted
-    assert not list(tmp_path.glob(".*.tmp"))
+    assert sorted(R.read_folder(tmp_path)["latency_ms_p50"]) == [1.0, 2.0, 3.0]
+    assert not list(tmp_path.glob("*.unreadable*")) and not list(tmp_path.rglob("*.tmp"))
 
 
 @pytest.mark.slow
@@ -144,21 +145,23 @@ def test_a_second_sweep_on_the_same_folder_refuses(tmp_path):
         assert second.stderr.strip().startswith("error: another sweep (pid") and len(second.stderr.splitlines()) == 1
     finally:
         first.communicate(timeout=240)
-    assert first.returncode == 0 and not (tmp_path / ".sweep.lock").exists()
+    assert first.returncode == 0
+    lock.release(lock.acquire(tmp_path)[0])  # given back when the first sweep ended
     assert len(rows_under(tmp_path)) == 1  # the first sweep's row; the second measured nothing
 
 
-def test_collect_falls_back_to_the_csv_and_names_the_file(tmp_path, capsys):
+def test_collect_names_an_unreadable_part_and_keeps_the_rest(tmp_path, capsys):
     from suite import collect as C
     from test_report import row
 
     R.write_records([row("elfatt", latency=2.0)], tmp_path / "a")
     R.write_records([row(latency=10.0)], tmp_path / "b")
-    (tmp_path / "a" / "records.parquet").write_bytes(b"truncated")
+    bad = tmp_path / "a" / "rows" / "zz-truncated.parquet"
+    bad.write_bytes(b"truncated")
     C.main([str(tmp_path)])
     out = capsys.readouterr().out
-    assert f"could not read: {tmp_path / 'a' / 'records.parquet'}" in out
-    assert len(pd.read_parquet(tmp_path / "results.parquet")) == 2  # the CSV twin's row is kept
+    assert f"could not read: {bad}" in out
+    assert len(pd.read_parquet(tmp_path / "results.parquet")) == 2
 
 
 def test_report_answers_a_bad_table_with_one_line(tmp_path):
@@ -182,15 +185,17 @@ def test_a_full_disk_stops_the_sweep_with_one_line_and_keeps_finished_rows(tmp_p
     from hydra.core.global_hydra import GlobalHydra
     from test_sweep import run_in_process
 
-    real, calls = R.atomic_write, []
+    from suite import storage
+
+    real, calls = storage.atomic_write, []
 
     def full_after_first_job(write, path):
         calls.append(path)
-        if len(calls) > 2:  # parquet + csv of job 1 went through
+        if len(calls) > 3:  # job 1's part and its two views went through
             raise OSError(errno.ENOSPC, "No space left on device")
         return real(write, path)
 
-    monkeypatch.setattr(R, "atomic_write", full_after_first_job)
+    monkeypatch.setattr(storage, "atomic_write", full_after_first_job)
     from suite.sweep import callbacks
 
     at_exit = []  # the callback's exit hook, run here rather than when pytest ends
@@ -207,11 +212,14 @@ def test_a_full_disk_stops_the_sweep_with_one_line_and_keeps_finished_rows(tmp_p
     line = [ln for ln in err.getvalue().splitlines() if ln.startswith("error:")]
     assert len(line) == 1 and "No space left on device" in line[0] and "stopping" in line[0]
     assert len(rows_under(tmp_path)) == 1  # the finished row is kept; the sweep did not go on
-    assert len(at_exit) == 1 and (tmp_path / ".sweep.lock").exists()  # the folder stays locked until the process ends
+    assert len(at_exit) == 1
+    with pytest.raises(lock.SweepLocked):  # the folder stays locked until the process ends
+        lock.acquire(tmp_path)
     out = io.StringIO()
     with redirect_stdout(out):
         at_exit[0]()
-    assert "stopped early" in out.getvalue() and not (tmp_path / ".sweep.lock").exists()
+    assert "stopped early" in out.getvalue()
+    lock.release(lock.acquire(tmp_path)[0])
 
 
 # -- accuracy and FLOP counting never cost a measurement -----------------------------
@@ -306,15 +314,20 @@ def test_run_py_exit_codes(args, code, tmp_path):
 
 
 @pytest.mark.slow
-def test_ctrl_c_is_one_line_and_marks_the_case(tmp_path):
+@pytest.mark.parametrize("sig,code,says", [(signal.SIGINT, 130, "interrupted by the user (Ctrl-C)"),
+                                           (signal.SIGTERM, 143, "terminated by SIGTERM (signal 15)")])
+def test_a_signal_is_one_line_and_marks_the_case(tmp_path, sig, code, says):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     tiny = [t for t in TINY if not t.startswith(("repeats", "min_time_s"))]
     p = subprocess.Popen([sys.executable, str(ROOT / "run.py"), *tiny, "attention=vanilla", "resolution=256",
                           "repeats=1000000", f"hydra.run.dir={tmp_path}"], cwd=ROOT, env=env,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     time.sleep(8)
-    p.send_signal(signal.SIGINT)
+    p.send_signal(sig)
     _, err = p.communicate(timeout=60)
-    assert p.returncode == 130, err
-    assert err.strip().startswith("interrupted (Ctrl-C)") and len(err.strip().splitlines()) == 1
-    assert pd.read_csv(tmp_path / "records.csv")["status"].tolist() == ["interrupted"]
+    assert p.returncode == code, err
+    assert err.strip().startswith(f"{says}: this case is marked 'interrupted' in {tmp_path}"), err
+    assert len(err.strip().splitlines()) == 1
+    rows = pd.read_csv(tmp_path / "records.csv")
+    assert rows["status"].tolist() == ["interrupted"] and rows["reason"].tolist() == [says]
+    assert not list(tmp_path.rglob("*.tmp"))
