@@ -123,17 +123,28 @@ class GpuSampler:
         return {k: v for k, v in out.items() if v is not None}
 
 
-def observe(loop, device: torch.device, nvml: Nvml) -> tuple[Timing, dict]:
-    """Run ``loop()`` (the timed loop, returning a Timing) and record the conditions around it."""
+LOAD_WINDOW_S = 1.0  # /proc/stat counts 10 ms ticks: +-0.02 cores per CPU over 1 s
+
+
+def observe(loop, device: torch.device, nvml: Nvml, window_s: float = LOAD_WINDOW_S) -> tuple[Timing, dict]:
+    """Run ``loop()`` (the timed loop, returning a Timing) and record the conditions around it.
+
+    Other processes' CPU load is the machine's busy time less this process's own
+    CPU time over a window of at least ``window_s`` (a shorter loop is followed
+    by an idle wait that completes the window), at most the CPUs that exist;
+    ``window_s=0``: not measured (NaN)."""
     load_before, busy0, cpu0, w0 = _load1(), _busy_jiffies(), time.process_time(), time.perf_counter()
     with GpuSampler(nvml) as gpu:
         t = loop()
+    short = window_s - (time.perf_counter() - w0)
+    if short > 0 and busy0:
+        time.sleep(short)
     busy1, cpu1, wall = _busy_jiffies(), time.process_time(), time.perf_counter() - w0
     cols = dict(threads=torch.get_num_threads(), cpu_affinity=cpu_affinity(), load_avg_before=load_before,
                 load_avg_after=_load1(), timed_wall_s=t.total_s, timed_cpu_s=t.cpu_s, **gpu.columns())
-    if busy0 and busy1 and wall > 0:
+    if busy0 and busy1 and wall > 0 and window_s > 0:
         others = (busy1[0] - busy0[0]) - (cpu1 - cpu0)  # warmup included on both sides
-        cols["other_cpu_load"] = max(0.0, others / wall)
+        cols["other_cpu_load"] = min(float(os.cpu_count() or 1), max(0.0, others / wall))
     return t, cols
 
 
@@ -141,16 +152,17 @@ def observe(loop, device: torch.device, nvml: Nvml) -> tuple[Timing, dict]:
 class Limits:
     noise_pct: float = 20.0
     contention_cores: float = 0.5
+    load_window_s: float = LOAD_WINDOW_S
 
     @classmethod
     def of(cls, cfg) -> Limits:
-        """The limits a run's settings (``noise_pct``, ``contention_cores``) set."""
-        return cls(cfg.noise_pct, cfg.contention_cores)
+        """The limits a run's settings (``noise_pct``, ``contention_cores``, ``load_window_s``) set."""
+        return cls(cfg.noise_pct, cfg.contention_cores, cfg.load_window_s)
 
 
 def verdict(t: Timing, c: dict, device: torch.device, limits: Limits = Limits()) -> tuple[str, list[str]]:
     """(timing_quality, reasons) by the rules in the module docstring."""
-    found: dict[str, list[str]] = {q: [] for q in QUALITY[1:]}
+    found: dict[str, list[str]] = {q: [] for q in QUALITY[1:]} | {"unmeasured": []}
     held = [r for r in str(c.get("gpu_throttle_reasons", "")).split(",") if r in HELD_BACK]
     if held:
         found["throttled"].append(f"NVML reported {', '.join(held)} during the loop")
@@ -158,6 +170,8 @@ def verdict(t: Timing, c: dict, device: torch.device, limits: Limits = Limits())
     if start and low and low < 0.9 * start:
         found["throttled"].append(f"SM clock fell from {start:.0f} to {low:.0f} MHz during the loop")
     others = c.get("other_cpu_load")
+    if others is None and limits.load_window_s <= 0:
+        found["unmeasured"].append("other processes' CPU load not measured (load_window_s=0)")
     if others is not None and others >= limits.contention_cores:
         found["contended"].append(f"other processes used {others:.1f} CPU cores during the loop")
     elif others is None and c.get("load_avg_before", 0) > c.get("cpu_affinity", 1):
@@ -168,9 +182,18 @@ def verdict(t: Timing, c: dict, device: torch.device, limits: Limits = Limits())
         found["contended"].append(f"{c['gpu_other_processes']} other process(es) on the GPU")
     spread = 100 * t.spread
     if spread > limits.noise_pct:
-        found["noisy"].append(f"p10-p90 spread {spread:.0f}% of p50 > {limits.noise_pct:g}%")
+        found["noisy"].append(f"p10-p90 spread {above(spread, limits.noise_pct)}% of p50 > {limits.noise_pct:g}%")
     worst = next((q for q in reversed(QUALITY[1:]) if found[q]), "ok")
-    return worst, [r for q in reversed(QUALITY[1:]) for r in found[q]]
+    return worst, [r for q in reversed(QUALITY[1:]) for r in found[q]] + found["unmeasured"]
+
+
+def above(value: float, limit: float) -> str:
+    """``value`` (known to exceed ``limit``) printed with the digits that show it: 20.4 > 20, never 20 > 20."""
+    for digits in range(0, 4):
+        text = f"{value:.{digits}f}"
+        if float(text) > limit:
+            return text
+    return f"{value:.6g}"
 
 
 def judged(loop, device: torch.device, nvml: Nvml, retries: int, limits: Limits = Limits()) -> tuple[Timing, dict]:
@@ -179,7 +202,7 @@ def judged(loop, device: torch.device, nvml: Nvml, retries: int, limits: Limits 
     for i in range(1 + max(0, retries)):
         if i:
             time.sleep(0.5)  # a competitor that was finishing may be gone
-        t, cols = observe(loop, device, nvml)
+        t, cols = observe(loop, device, nvml, limits.load_window_s)
         quality, reasons = verdict(t, cols, device, limits)
         attempts.append((QUALITY.index(quality), t.spread, i, t, cols, quality, reasons))
         if quality == "ok":

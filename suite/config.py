@@ -119,6 +119,8 @@ class RunConfig:
     retries: int = setting(2, "a timing flagged noisy/contended/throttled is taken again up to this many times")
     noise_pct: float = setting(20.0, "a p10-p90 spread above this % of the p50 flags the timing noisy")
     contention_cores: float = setting(0.5, "other processes using this many CPU cores during timing flag it contended")
+    load_window_s: float = setting(1.0, "seconds over which other processes' CPU load is measured (a shorter timed "
+                                        "loop is followed by an idle wait); 0: not measured, and the note says so")
     seed: int = setting(0, "seeds the weights and the inputs")
     accuracy: bool = setting(True, "compute rel_err_vs_exact, rel_err_vs_fp64, cos_sim_vs_exact")
     accuracy_max_tokens: int = setting(16384, "above this many tokens the float64 references are skipped")

@@ -32,6 +32,7 @@ class Timing:
     cpu_s: float  # CPU time this process spent in the timed loop, all threads
     energy_j: float = math.nan  # of the timed calls alone (see time_fn)
     busy_s: float = math.nan  # the timed calls' summed durations
+    note: str = ""  # e.g. the repeat cap cut the loop short of min_time_s
 
     @classmethod
     def of(cls, samples_ms: list[float], total_s: float, cpu_s: float, **more) -> Timing:
@@ -90,21 +91,57 @@ def capture_graph(fn: Fn, device: torch.device) -> Fn:
     return graph.replay
 
 
-def kernel_ms(fn: Fn, device: torch.device) -> float:
-    """The sum of the GPU activity times (kernels, copies, fills) of one call of
-    ``fn``, from the profiler's device events (ms)."""
+def kernel_samples(fn: Fn, device: torch.device, repeats: int, flush_l2: bool) -> list[float]:
+    """Per call, the sum of its GPU activity times (kernels, copies, fills; ms), all
+    calls in one profiler session. Each call runs alone between two syncs, inside
+    a marked host range, after an L2 scrub outside the range; a GPU activity
+    belongs to the call whose range holds its start. Unsupported when the
+    profiler saw no GPU activity inside the calls."""
     from torch.autograd import DeviceType
-    from torch.profiler import ProfilerActivity, profile
+    from torch.profiler import ProfilerActivity, profile, record_function
 
-    with _quiet_fd2(), profile(activities=[ProfilerActivity.CUDA]) as prof:
-        fn()
-        _sync(device)
+    scrub = torch.empty(L2_SCRUB_BYTES, dtype=torch.int8, device=device) if flush_l2 else None
+    with _quiet_fd2(), profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
+        for i in range(repeats):
+            if scrub is not None:
+                scrub.zero_()
+            _sync(device)
+            with record_function(f"suite_call_{i}"):
+                fn()
+                _sync(device)
     events = prof.profiler.kineto_results.events()
-    return sum(e.duration_ns() for e in events if e.device_type() == DeviceType.CUDA) / 1e6
+    return calls_gpu_ms(events, repeats, DeviceType)
+
+
+def calls_gpu_ms(events, repeats: int, device_type) -> list[float]:
+    """``kernel_samples``' attribution of GPU activities to the marked calls (ms per call)."""
+    import bisect
+
+    from attentions.errors import Unsupported
+
+    calls = sorted((e.start_ns(), e.start_ns() + e.duration_ns()) for e in events
+                   if e.device_type() == device_type.CPU and e.name().startswith("suite_call_"))
+    starts = [c[0] for c in calls]
+    samples = [0.0] * len(calls)
+    for e in events:
+        if e.device_type() != device_type.CUDA:
+            continue
+        k = bisect.bisect_right(starts, e.start_ns()) - 1
+        if k >= 0 and e.start_ns() <= calls[k][1]:
+            samples[k] += e.duration_ns() / 1e6
+    if len(calls) != repeats or not all(samples):
+        seen = sum(1 for s in samples if s)
+        raise Unsupported(f"timing=kernels: the profiler saw GPU activity in {seen} of {repeats} timed calls "
+                          f"(none: nothing ran on the GPU, or the profiler cannot see it here)")
+    return samples
+
+
+KERNEL_REPEATS = 200  # timing=kernels: profiled calls at most
+MAX_REPEATS = 100_000  # a loop of cheaper calls than min_time_s / MAX_REPEATS times fewer seconds, and says so
 
 
 def time_fn(fn: Fn, device: torch.device, *, warmup: int = 3, repeats: int = 0, min_time_s: float = 1.0,
-            max_repeats: int = 1000, flush_l2: bool = True, mode: str = "eager",
+            max_repeats: int = MAX_REPEATS, flush_l2: bool = True, mode: str = "eager",
             energy: Callable[[], float | None] | None = None) -> Timing:
     """Median and spread of ``fn``'s latency.
 
@@ -112,33 +149,42 @@ def time_fn(fn: Fn, device: torch.device, *, warmup: int = 3, repeats: int = 0, 
     GPU, perf_counter on the CPU. ``cuda_graph``: the call captured after
     warmup and replayed, so launch overhead is gone; the L2 scrub stays
     outside the graph. ``kernels``: the sum of one call's GPU kernel times
-    from the profiler, per repeat (gaps between kernels not counted).
-    ``repeats=0`` picks the count from the warmup: enough calls to fill
-    ``min_time_s``, at least 5. ``flush_l2`` (CUDA only) clears the L2 cache
-    before every timed call.
+    from the profiler, one profiler session for all repeats, L2 scrubbed
+    before each call. ``repeats=0`` picks the count from a steady-state
+    estimate taken after the warmup (calls until a tenth of ``min_time_s``
+    has passed): enough calls to fill ``min_time_s``, at least 5, at most
+    ``max_repeats`` (the Timing's note says when that cap cut the loop
+    short). ``flush_l2`` (CUDA only) clears the L2 cache before every timed call.
 
     ``energy`` (a reader of the GPU's energy counter in mJ): the energy of the
     timed calls alone, warmup excluded: the timed loop's energy less that of
-    the same number of L2 scrubs run alone right after it.
+    the same number of L2 scrubs run alone right after it (eager timing only).
     """
     problem = timing_unsupported(mode, device)
     if problem:
         from attentions import Unsupported
 
         raise Unsupported(problem)
-    t0 = time.perf_counter()
     for _ in range(max(1, warmup)):
         fn()
     _sync(device)
-    per_call = (time.perf_counter() - t0) / max(1, warmup)
+    note = ""
     if repeats <= 0:
-        repeats = int(min(max_repeats, max(5, min_time_s / max(per_call, 1e-6))))
+        per_call = steady_call_s(fn, device, min_time_s)
+        wanted = max(5, math.ceil(min_time_s / max(per_call, 1e-9)))
+        repeats = min(wanted, max_repeats)
+        if wanted > max_repeats:
+            note = (f"repeats capped at {max_repeats}: about {repeats * per_call:.2g} s timed of "
+                    f"min_time_s={min_time_s:g}")
+    if mode == "kernels" and repeats > KERNEL_REPEATS:  # one profiler session holds every call's events
+        note = "; ".join(n for n in (note, f"timing=kernels profiles {KERNEL_REPEATS} calls, not {repeats}") if n)
+        repeats = KERNEL_REPEATS
     call = capture_graph(fn, device) if mode == "cuda_graph" else fn
     _sync(device)
-    e0 = energy() if energy else None
+    e0 = energy() if energy and mode == "eager" else None
     start, cpu0 = time.perf_counter(), time.process_time()
     if mode == "kernels":
-        samples = [kernel_ms(fn, device) for _ in range(repeats)]
+        samples = kernel_samples(fn, device, repeats, flush_l2)
     elif device.type == "cuda":
         samples = _cuda_event_samples(call, device, repeats, flush_l2)
     else:
@@ -148,9 +194,24 @@ def time_fn(fn: Fn, device: torch.device, *, warmup: int = 3, repeats: int = 0, 
             call()
             samples.append((time.perf_counter() - t) * 1e3)
     total, cpu = time.perf_counter() - start, time.process_time() - cpu0
-    scrubbed = flush_l2 and device.type == "cuda" and mode != "kernels"
-    joules = _calls_energy(energy, e0, device, repeats, scrubbed) if energy else math.nan
-    return Timing.of(samples, total, cpu, energy_j=joules, busy_s=sum(samples) / 1e3)
+    joules = _calls_energy(energy, e0, device, repeats, flush_l2 and device.type == "cuda") if e0 is not None \
+        else math.nan
+    return Timing.of(samples, total, cpu, energy_j=joules, busy_s=sum(samples) / 1e3, note=note)
+
+
+def steady_call_s(fn: Fn, device: torch.device, min_time_s: float) -> float:
+    """Seconds per call once warm: calls (synchronised as a batch) until a tenth of
+    ``min_time_s`` (at least 1 ms, at most 0.2 s) has passed, at least two."""
+    budget = min(0.2, max(1e-3, min_time_s / 10))
+    n, t0 = 0, time.perf_counter()
+    while True:
+        fn()
+        n += 1
+        if n >= 2:
+            _sync(device)
+            took = time.perf_counter() - t0
+            if took >= budget:
+                return took / n
 
 
 def _calls_energy(energy, e0, device, repeats: int, scrubbed: bool) -> float:

@@ -31,6 +31,9 @@ def run_job():
     register_configs()
 
     def go(overrides: list[str], run_dir, sweep_dir=None):
+        # the CPU-load window (1 s by default) would add a second per case; tests that judge load set it
+        if not any(o.startswith("load_window_s=") for o in overrides):
+            overrides = [*overrides, "load_window_s=0"]
         GlobalHydra.instance().clear()  # another test may have left Hydra initialised elsewhere, or cleared
         with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
             cfg = compose(config_name="config", overrides=list(overrides), return_hydra_config=True)

@@ -106,6 +106,8 @@ class Workload:
                            flush_l2=cfg.flush_l2, mode=cfg.timing, energy=nvml.energy_mj)
 
         t, m = judged(loop, device, nvml, cfg.retries, Limits.of(cfg))
+        if t.note:
+            notes.append(t.note)
         seconds = t.p50_ms / 1e3
         m.update(latency_ms_p10=t.p10_ms, latency_ms_p50=t.p50_ms, latency_ms_p90=t.p90_ms, repeats=t.repeats,
                  throughput_per_s=built.items_per_call / seconds, tflops_per_s=built.flops_analytic / seconds / 1e12)

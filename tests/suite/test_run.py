@@ -12,7 +12,7 @@ import attentions as A
 
 ROOT = Path(__file__).resolve().parents[2]
 CONF = ROOT / "conf"
-TINY = ["resolution=112", "dim=32", "heads=2", "warmup=1", "repeats=3", "accuracy_max_tokens=64"]
+TINY = ["resolution=112", "dim=32", "heads=2", "warmup=1", "repeats=3", "accuracy_max_tokens=64", "load_window_s=0"]
 
 
 def groups():

@@ -130,7 +130,7 @@ def test_simultaneous_takers_never_both_hold(tmp_path):
 
 
 TINY = ["attention=sdpa", "resolution=64", "dim=32", "heads=2", "warmup=0", "repeats=1", "accuracy=false",
-        "flops_count=false", "retries=0", "device=cpu", "precision=fp32"]
+        "flops_count=false", "retries=0", "device=cpu", "precision=fp32", "load_window_s=0"]
 
 
 @pytest.mark.slow

@@ -26,7 +26,7 @@ from suite.workloads.single import SingleAttention
 ROOT = Path(__file__).resolve().parents[2]
 CONF = ROOT / "conf"
 TINY = ["device=cpu", "precision=fp32", "dim=32", "heads=2", "warmup=1", "repeats=3", "min_time_s=0.01",
-        "accuracy_max_tokens=64"]
+        "accuracy_max_tokens=64", "load_window_s=0"]
 
 
 def _sweep_params(experiment: str) -> dict:

@@ -25,7 +25,7 @@ from suite.workloads.single import SingleAttention
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ["device=cpu", "precision=fp32", "dim=32", "heads=2", "warmup=1", "repeats=5", "min_time_s=0.01",
-        "accuracy_max_tokens=64", "retries=0"]
+        "accuracy_max_tokens=64", "retries=0", "load_window_s=0"]
 
 
 def run_py(*args, timeout=240, **kw):
@@ -73,8 +73,8 @@ def test_a_case_under_contention_is_flagged(run_job, tmp_path):
     hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
     try:
         time.sleep(1.0)
-        (row,) = run_job(["attention=vanilla", "resolution=128", "min_time_s=1.0", "repeats=0",
-                          *[t for t in TINY if not t.startswith(("min_time_s", "repeats"))]], tmp_path)
+        (row,) = run_job(["attention=vanilla", "resolution=128", "min_time_s=1.0", "repeats=0", "load_window_s=1",
+                          *[t for t in TINY if not t.startswith(("min_time_s", "repeats", "load_window_s"))]], tmp_path)
     finally:
         for h in hogs:
             h.kill()
@@ -331,3 +331,31 @@ def test_a_signal_is_one_line_and_marks_the_case(tmp_path, sig, code, says):
     rows = pd.read_csv(tmp_path / "records.csv")
     assert rows["status"].tolist() == ["interrupted"] and rows["reason"].tolist() == [says]
     assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_min_time_is_met_and_load_never_exceeds_the_machine(run_job, tmp_path):
+    """A 64 px case with min_time_s=0.5 times at least 0.4 s of loop (repeats from a steady-state
+    estimate, not from the slow first call), and the other-process load is at most the CPUs there are."""
+    (row,) = run_job(["attention=sdpa", "resolution=64", "min_time_s=0.5", "repeats=0", "load_window_s=1",
+                      *[t for t in TINY if not t.startswith(("min_time_s", "repeats", "load_window_s"))]], tmp_path)
+    assert row.status == "ok" and row.timed_wall_s >= 0.4, (row.timed_wall_s, row.repeats)
+    assert 0 <= row.other_cpu_load <= os.cpu_count()
+
+
+def test_a_short_window_is_waited_out_and_an_unmeasured_load_is_said(run_job, tmp_path):
+    from suite import conditions
+
+    t0 = time.perf_counter()
+    _, cols = conditions.observe(lambda: timing(), torch.device("cpu"), types.SimpleNamespace(handle=None), 0.3)
+    assert time.perf_counter() - t0 >= 0.3 and 0 <= cols["other_cpu_load"] <= os.cpu_count()
+    q, why = verdict(timing(), dict(threads=1, cpu_affinity=2), torch.device("cpu"), Limits(load_window_s=0))
+    assert q == "ok" and why == ["other processes' CPU load not measured (load_window_s=0)"]
+
+
+def test_spread_notes_never_say_a_limit_exceeds_itself():
+    from suite.conditions import above
+
+    assert above(20.4, 20) == "20.4" and above(21, 20) == "21" and above(20.04, 20) == "20.04"
+    q, why = verdict(timing(0.9, 1.0, 1.102), dict(threads=1, cpu_affinity=2, other_cpu_load=0.0),
+                     torch.device("cpu"))
+    assert q == "noisy" and "spread 20.2% of p50 > 20%" in why[0]
