@@ -11,7 +11,7 @@ import hydra
 from omegaconf import DictConfig
 
 from suite.cli import preflight
-from suite.config import register_configs
+from suite.job import register_configs
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")

@@ -5,7 +5,7 @@ nothing else happens at import time. ``attentions`` never imports ``suite``.
 """
 from . import elfatt, exact, linear, optional, window  # noqa: F401  (registration)
 from .base import Attention
-from .errors import Unavailable, Unsupported
+from .errors import REASON_KINDS, Reason, Unavailable, Unsupported, failure_kind
 from .registry import (
     AttentionInfo,
     attention_info,
@@ -18,11 +18,14 @@ from .registry import (
 __all__ = [
     "Attention",
     "AttentionInfo",
+    "REASON_KINDS",
+    "Reason",
     "Unavailable",
     "Unsupported",
     "attention_info",
     "attention_options",
     "create_attention",
+    "failure_kind",
     "list_attentions",
     "register_attention",
 ]

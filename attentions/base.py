@@ -9,11 +9,15 @@ can be compared exactly on matmul-only paths.
 from __future__ import annotations
 
 import copy
+import types
 
 import torch
 import torch.nn as nn
 
+from .errors import Reason
 from .functional import apply_lepe, divisors, dwconv_flops, exact_core_flops, lepe_conv
+
+PARTS = ("attend", "layer")  # what a count or estimate covers: the core (+ LePE), or qkv + that + proj
 
 
 def check_heads(dim: int, num_heads: int) -> int:
@@ -34,7 +38,7 @@ class Attention(nn.Module):
     """Base class: qkv -> ``attend`` (core [+ LePE]) -> merge heads -> proj.
 
     Subclasses implement ``core(q, k, v, hw)`` on (B, h, N, d) tensors and
-    ``core_flops(batch, hw)``. ``attend`` is what the ``op`` workload times.
+    ``core_flops(batch, hw)``. ``attend`` is the core on given q, k, v (with any LePE).
     """
 
     registry_name: str = ""
@@ -69,18 +73,21 @@ class Attention(nn.Module):
     def core(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
         raise NotImplementedError
 
-    # -- what the harness asks before running ----------------------------
-    def check_grid(self, hw: tuple[int, int]) -> None:
-        """Raise ValueError (naming valid values) when an option cannot work on this grid."""
-
-    def unavailable_reasons(self, device: torch.device) -> list[str]:
-        """Optional packages this attention needs that are missing or unusable
-        here (recorded as status ``unavailable``; empty when all is there)."""
+    # -- can this case run here? ---------------------------------------------
+    def reasons(self, *, hw: tuple[int, int], device: torch.device | None = None, dtype: torch.dtype | None = None,
+                batch: int = 1) -> list[Reason]:
+        """Everything that stops this case, in one answer (empty when it can run).
+        Kinds: ``invalid`` (an option cannot work on grid ``hw``; the text names the
+        valid values), ``unavailable`` (a package is missing or unusable here),
+        ``unsupported`` (this device, dtype or size). With ``device`` None only the
+        grid is judged (``invalid`` reasons)."""
         return []
 
-    def unsupported_reasons(self, *, device: torch.device, dtype: torch.dtype, hw: tuple[int, int], batch: int) -> list[str]:
-        """Why this case cannot run here (empty when it can)."""
-        return []
+    @classmethod
+    def whole_grid_options(cls, hw: tuple[int, int]) -> dict:
+        """Options that make one window / stripe / block cover the whole grid ``hw``
+        (a backbone's global last stage); empty when the attention is global already."""
+        return {}
 
     def float64_reference(self) -> "Attention":
         """A float64 copy computing the same function with the same weights, for
@@ -89,20 +96,22 @@ class Attention(nn.Module):
         return copy.deepcopy(self).double()
 
     def run_info(self) -> dict[str, str]:
-        """Facts learnt while running (e.g. the kernel that actually ran)."""
-        return {}
+        """Facts learnt while running; ``impl_ran``: the kernel or code path that
+        actually executed (plain PyTorch ops: ``torch``)."""
+        return {"impl_ran": "torch"}
 
     # -- memory estimate (to skip cases that cannot fit, before running) ---
     def core_transient_elements(self, batch: int, hw: tuple[int, int]) -> int:
         """Elements of the largest intermediates ``core`` materialises beyond q, k, v, out."""
         return 0
 
-    def memory_estimate(self, batch: int, hw: tuple[int, int], itemsize: int, workload: str = "layer") -> int:
-        """Rough lower bound on the bytes one call needs: inputs, q/k/v/out and
-        the core's materialised intermediates. Weights are not counted."""
+    def memory_estimate(self, batch: int, hw: tuple[int, int], itemsize: int, part: str = "layer") -> int:
+        """Rough lower bound on the bytes one call of ``attend`` (``part="attend"``) or of
+        the whole layer needs: inputs, q/k/v/out and the core's materialised
+        intermediates. Weights are not counted."""
         n = hw[0] * hw[1]
         elements = 4 * batch * n * self.dim + self.core_transient_elements(batch, hw)
-        if workload == "layer":
+        if _part(part) == "layer":
             elements += 5 * batch * n * self.dim  # x, qkv (3C), proj output
         return elements * itemsize
 
@@ -115,38 +124,58 @@ class Attention(nn.Module):
         fused kernels keep no score matrix for the backward. 0 when none."""
         return 0
 
-    def backward_flops(self, batch: int, hw: tuple[int, int], workload: str = "layer") -> int:
+    def backward_flops(self, batch: int, hw: tuple[int, int], part: str = "layer") -> int:
         """Analytic FLOPs of the backward pass, by one convention: every matmul and
         convolution of the forward costs two in the backward (the gradients of
         both operands), plus any recomputation (``score_recompute_flops``)."""
-        return 2 * self.flops(batch, hw, workload) + self.score_recompute_flops(batch, hw)
+        return 2 * self.flops(batch, hw, part) + self.score_recompute_flops(batch, hw)
 
-    def flops(self, batch: int, hw: tuple[int, int], workload: str = "layer") -> int:
-        """Analytic FLOPs of ``attend`` (workload ``op``) or of ``forward`` (``layer``)."""
+    def flops(self, batch: int, hw: tuple[int, int], part: str = "layer") -> int:
+        """Analytic FLOPs of ``attend`` (``part="attend"``: the core and any LePE) or of
+        ``forward`` (``"layer"``: qkv and proj too)."""
         n = hw[0] * hw[1]
         total = self.core_flops(batch, hw)
         if self.lepe is not None:
             total += dwconv_flops(batch, self.dim, hw)
-        if workload == "layer":
+        if _part(part) == "layer":
             total += 2 * batch * n * self.dim * 3 * self.dim  # qkv
             total += 2 * batch * n * self.dim * self.dim  # proj
         return total
 
 
+def _part(part: str) -> str:
+    if part not in PARTS:
+        raise ValueError(f"part={part!r}; valid: {', '.join(PARTS)}")
+    return part
+
+
 class ExactAttention(Attention):
     """softmax(QK^T / sqrt(d)) V over all N tokens. FLOPs 4*B*h*N^2*d (+ LePE).
     ``fused``: a kernel that keeps no score matrix, so its backward computes
-    QK^T again. ``_ran`` says which kernel ran (``run_info``)."""
+    QK^T again. ``_ran`` says which kernel ran (``run_info``); the float64
+    reference computes the same function in plain torch (any backend's float64
+    copy would be refused by fused kernels)."""
 
     exact = True
     fused = True
     _ran = ""
 
     def run_info(self):
-        return {"kernel": self._ran} if self._ran else {}
+        return {"impl_ran": self._ran or "torch"}
+
+    def float64_reference(self) -> "Attention":
+        m = super().float64_reference()
+        m.core = types.MethodType(_plain_softmax_core, m)  # this copy only
+        return m
 
     def core_flops(self, batch, hw):
         return exact_core_flops(batch, self.num_heads, self.head_dim, hw)
 
     def score_recompute_flops(self, batch, hw):
         return self.core_flops(batch, hw) // 2 if self.fused else 0
+
+
+def _plain_softmax_core(self, q, k, v, hw):
+    """softmax(QK^T / sqrt(d)) V, materialised: the float64 reference of every exact attention."""
+    scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
+    return scores.softmax(dim=-1) @ v

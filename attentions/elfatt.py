@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 
 from .base import Attention, check_impl
+from .errors import Reason
 from .functional import (
     apply_lepe, divisors, dwconv_flops, efficient_attention, lepe_conv, windowed_attention, windowed_lepe,
 )
@@ -190,8 +191,18 @@ class ElfattAttention(Attention):
         m.impl = "reference"  # the fused kernels run fp16/bf16/fp32 only
         return m
 
-    def check_grid(self, hw):
-        resolve_block_rows(self.block_rows, hw[0])
+    def reasons(self, *, hw, device=None, dtype=None, batch=1):
+        try:
+            resolve_block_rows(self.block_rows, hw[0])
+        except ValueError as e:
+            return [Reason("invalid", str(e))]
+        if device is None or self.impl != "fast":
+            return []
+        return [Reason("unsupported", r) for r in self._fast_reasons(device, dtype)]
+
+    @classmethod
+    def whole_grid_options(cls, hw):
+        return {"block_rows": hw[0]}
 
     def _fast_reasons(self, device, dtype) -> list[str]:
         # the branch widths do not depend on the grid (nor on block_rows)
@@ -203,11 +214,11 @@ class ElfattAttention(Attention):
                     and not self._fast_reasons(q.device, q.dtype))
         return self.impl == "fast"
 
-    def unsupported_reasons(self, *, device, dtype, hw, batch):
-        return self._fast_reasons(device, dtype) if self.impl == "fast" else []
-
     def run_info(self):
-        return {"impl_ran": self._ran, **(self.fast_info if self._ran == "fast" else {})}
+        if self._ran != "fast":
+            return {"impl_ran": self._ran}
+        local = "triton" if self.tuning.local == "triton" else f"triton+sdpa:{self.tuning.sdpa_impl}"
+        return {**self.fast_info, "impl_ran": local}
 
     def attend(self, q, k, v, hw):
         hw = tuple(hw)

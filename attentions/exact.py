@@ -12,6 +12,7 @@ import math
 import torch
 
 from .base import ExactAttention, check_impl
+from .errors import Reason
 from .functional import FLEX_COMPILE_S, SDPA_IMPLS, compiled_cpu_flex_problem, flex_attend, flex_uses_compile, sdpa
 from .registry import register_attention
 
@@ -58,16 +59,19 @@ class SdpaAttention(ExactAttention):
         self.impl = check_impl("SDPA", impl, SDPA_IMPLS)
         self.fused = impl != "math"  # every backend but math keeps no score matrix
 
-    def core(self, q, k, v, hw):
-        return sdpa(q, k, v, self.impl)
-
-    def unsupported_reasons(self, *, device, dtype, hw, batch):
-        reasons = []
+    def reasons(self, *, hw, device=None, dtype=None, batch=1):
+        if device is None:
+            return []
+        out = []
         if device.type != "cuda" and self.impl in ("efficient", "cudnn"):
-            reasons.append(f"SDPA backend {self.impl!r} needs CUDA (device is {device.type})")
+            out.append(f"SDPA backend {self.impl!r} needs CUDA (device is {device.type})")
         if device.type == "cuda" and self.impl in ("flash", "cudnn") and dtype not in (torch.float16, torch.bfloat16):
-            reasons.append(f"SDPA backend {self.impl!r} on CUDA runs float16/bfloat16 only, not {dtype}")
-        return reasons
+            out.append(f"SDPA backend {self.impl!r} on CUDA runs float16/bfloat16 only, not {dtype}")
+        return [Reason("unsupported", r) for r in out]
+
+    def core(self, q, k, v, hw):
+        self._ran = "sdpa"  # the kernel that ran is read from the profiler by the caller
+        return sdpa(q, k, v, self.impl)
 
 
 FLEX_IMPLS = ("auto", "compiled", "eager")
@@ -93,8 +97,10 @@ class FlexAttention(ExactAttention):
     def _compiled(self) -> bool | None:
         return None if self.impl == "auto" else self.impl == "compiled"
 
-    def unsupported_reasons(self, *, device, dtype, hw, batch):
+    def reasons(self, *, hw, device=None, dtype=None, batch=1):
         # A CPU backward is refused by flex_attend itself, with torch's reason.
+        if device is None:
+            return []
         reasons = []
         compiled = flex_uses_compile(device, self._compiled())
         if compiled and device.type == "cuda" and self.head_dim < 16:
@@ -102,7 +108,7 @@ class FlexAttention(ExactAttention):
         if compiled and device.type == "cpu" and dtype not in (torch.float32, torch.float16, torch.bfloat16):
             reasons.append(f"compiled FlexAttention on CPU runs float32/float16/bfloat16, not {dtype}")
         problem = compiled_cpu_flex_problem(device, compiled, hw[0] * hw[1])
-        return reasons + ([problem] if problem else [])
+        return [Reason("unsupported", r) for r in reasons + ([problem] if problem else [])]
 
     def core(self, q, k, v, hw):
         compiled = self._compiled()

@@ -6,9 +6,8 @@ of ``exact.py``: 4*B*h*N^2*d (+ 2*9*B*C*N with ``lepe=True``).
 
 Every backend says *why* it cannot run: ``Unavailable`` for a package problem
 (not installed, does not import, C++ ops built for another torch),
-``Unsupported`` for the device or dtype. ``unavailable_reasons`` and
-``unsupported_reasons`` do the same checks up front (the import check is
-cached per process).
+``Unsupported`` for the device or dtype. ``reasons`` does the same checks
+up front (the import check is cached per process).
 """
 from __future__ import annotations
 
@@ -17,7 +16,7 @@ import importlib
 import torch
 
 from .base import ExactAttention, check_impl
-from .errors import Unavailable, Unsupported
+from .errors import Reason, Unavailable, Unsupported
 from .packages import import_problem, package_version
 from .registry import register_attention
 
@@ -87,18 +86,22 @@ class FlashAttnAttention(ExactAttention):
         super().__init__(dim, num_heads, qkv_bias, lepe)
         self.impl = check_impl("flash_attn", impl, FLASH_IMPLS)
 
-    def unavailable_reasons(self, device):
+    def _package_problem(self, device) -> str:
         gen = flash_generation(self.impl, device)
         problem = import_problem(FLASH_MODULES[gen])
-        return [f"{problem} (impl={gen} needs {FLASH_PACKAGES[gen]})"] if problem else []
+        return f"{problem} (impl={gen} needs {FLASH_PACKAGES[gen]})" if problem else ""
 
-    def unsupported_reasons(self, *, device, dtype, hw, batch):
-        return flash_case_reasons(self.impl, device, dtype, self.head_dim)
+    def reasons(self, *, hw, device=None, dtype=None, batch=1):
+        if device is None:
+            return []
+        package = self._package_problem(device)
+        return ([Reason("unavailable", package)] if package else []) + [
+            Reason("unsupported", r) for r in flash_case_reasons(self.impl, device, dtype, self.head_dim)]
 
     def core(self, q, k, v, hw):
-        package = self.unavailable_reasons(q.device)
+        package = self._package_problem(q.device)
         if package:
-            raise Unavailable(package[0])
+            raise Unavailable(package)
         case = flash_case_reasons(self.impl, q.device, q.dtype, q.shape[-1])
         if case:
             raise Unsupported("; ".join(case))
@@ -163,12 +166,12 @@ class XformersAttention(ExactAttention):
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, lepe: bool = False):
         super().__init__(dim, num_heads, qkv_bias, lepe)
 
-    def unavailable_reasons(self, device):
+    def reasons(self, *, hw, device=None, dtype=None, batch=1):
+        if device is None:
+            return []
         problem = xformers_problem()
-        return [problem] if problem else []
-
-    def unsupported_reasons(self, *, device, dtype, hw, batch):
-        return xformers_case_reasons(device, dtype)
+        return ([Reason("unavailable", problem)] if problem else []) + [
+            Reason("unsupported", r) for r in xformers_case_reasons(device, dtype)]
 
     def core(self, q, k, v, hw):
         problem = xformers_problem()

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from .base import Attention, check_impl
-from .errors import Unavailable, Unsupported, first_line
+from .errors import Reason, Unavailable, Unsupported, first_line
 from .functional import (
     compiled_cpu_flex_problem, divisors, dwconv_flops, flex_attend, lepe_conv, window_partition, windowed_attention,
     windowed_lepe,
@@ -128,8 +128,12 @@ class SwinAttention(Attention):
 
     def run_info(self):
         if self._last is None:
-            return {}
-        return {"window_effective": str(self._last[0]), "shift_effective": str(self._last[1])}
+            return {"impl_ran": "torch"}
+        return {"impl_ran": "torch", "window_effective": str(self._last[0]), "shift_effective": str(self._last[1])}
+
+    @classmethod
+    def whole_grid_options(cls, hw):
+        return {"window": hw[0]} if hw[0] == hw[1] else {}
 
     def core_transient_elements(self, batch, hw):
         w, _ = swin_window_shift(hw, self.window, self.shift)
@@ -164,7 +168,7 @@ class CSWinAttention(Attention):
     two-branch layer would have zero heads per branch) the head is split by
     channels as ELFATT does: d//2 vertical, d - d//2 horizontal, each scaled
     by its own width. s = H = W gives full attention + LePE, CSWin's last
-    stage. CSWin cannot pad: s must divide both H and W (``check_grid``).
+    stage. CSWin cannot pad: s must divide both H and W (``reasons``).
     """
 
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, stripe: int = 7):
@@ -180,14 +184,18 @@ class CSWinAttention(Attention):
         self.lepe_vertical = lepe_conv(self.vertical_channels)
         self.lepe_horizontal = lepe_conv(dim - self.vertical_channels)
 
-    def check_grid(self, hw):
+    def reasons(self, *, hw, device=None, dtype=None, batch=1):
         H, W = hw
         if H % self.stripe or W % self.stripe:
             common = [s for s in divisors(H) if W % s == 0]
-            raise ValueError(
-                f"stripe={self.stripe} does not divide the grid (H, W)=({H}, {W}); CSWin cannot pad: horizontal "
-                f"stripes need a divisor of H={H}, vertical ones a divisor of W={W}; valid stripes for this grid: {common}"
-            )
+            return [Reason("invalid", f"stripe={self.stripe} does not divide the grid (H, W)=({H}, {W}); CSWin "
+                                      f"cannot pad: horizontal stripes need a divisor of H={H}, vertical ones a "
+                                      f"divisor of W={W}; valid stripes for this grid: {common}")]
+        return []
+
+    @classmethod
+    def whole_grid_options(cls, hw):
+        return {"stripe": hw[0]} if hw[0] == hw[1] else {}
 
     def _split(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.by_channels:
@@ -196,7 +204,9 @@ class CSWinAttention(Attention):
         return t[:, :g], t[:, g:]
 
     def attend(self, q, k, v, hw):
-        self.check_grid(hw)
+        problems = self.reasons(hw=hw)
+        if problems:
+            raise ValueError(problems[0].text)
         H, W = hw
         s = self.stripe
         (qv, qh), (kv, kh), (vv, vh) = self._split(q), self._split(k), self._split(v)
@@ -278,24 +288,28 @@ class NeighborhoodAttention(Attention):
         self._ran = ""
         self._masks: dict[tuple, object] = {}
 
-    def check_grid(self, hw):
+    def _grid_problem(self, hw) -> str:
         if self.kernel > min(hw):
-            raise ValueError(
-                f"kernel={self.kernel} is larger than the grid (H, W)=({hw[0]}, {hw[1]}); "
-                f"valid kernels for this grid: {odd_kernels(min(hw))}"
-            )
+            return (f"kernel={self.kernel} is larger than the grid (H, W)=({hw[0]}, {hw[1]}); "
+                    f"valid kernels for this grid: {odd_kernels(min(hw))}")
+        return ""
 
-    def unavailable_reasons(self, device):
+    def reasons(self, *, hw, device=None, dtype=None, batch=1):
+        grid = self._grid_problem(hw)
+        out = [Reason("invalid", grid)] if grid else []
+        if device is None:
+            return out
         problem = import_problem("natten.functional") if self.impl == "natten" else None
-        return [f"{problem} (impl=natten needs the natten package)"] if problem else []
-
-    def unsupported_reasons(self, *, device, dtype, hw, batch):
-        if self._resolve(device) != "flex":
-            return []
-        if device.type not in ("cuda", "cpu"):
-            return [f"neighborhood impl 'flex' runs on CUDA or CPU only (device is {device.type})"]
-        problem = compiled_cpu_flex_problem(device, dtype != torch.float64, hw[0] * hw[1])
-        return [problem] if problem else []
+        if problem:
+            out.append(Reason("unavailable", f"{problem} (impl=natten needs the natten package)"))
+        if self._resolve(device) == "flex":
+            if device.type not in ("cuda", "cpu"):
+                out.append(Reason("unsupported", f"neighborhood impl 'flex' runs on CUDA or CPU only "
+                                                 f"(device is {device.type})"))
+            else:
+                flex = compiled_cpu_flex_problem(device, dtype != torch.float64, hw[0] * hw[1])
+                out += [Reason("unsupported", flex)] if flex else []
+        return out
 
     def _resolve(self, device: torch.device) -> str:
         if self.impl == "auto":
@@ -317,7 +331,9 @@ class NeighborhoodAttention(Attention):
         return self._masks[key]
 
     def core(self, q, k, v, hw):
-        self.check_grid(hw)
+        grid = self._grid_problem(hw)
+        if grid:
+            raise ValueError(grid)
         kind = self._resolve(q.device)
         if kind == "natten":
             return self._natten(q, k, v, hw)

@@ -74,14 +74,15 @@ class Accuracy:
     rel_err_vs_fp64: float
 
 
-def accuracy(module: nn.Module, out: torch.Tensor, inputs: tuple[torch.Tensor, ...], hw, workload: str,
+def accuracy(module: nn.Module, out: torch.Tensor, inputs: tuple[torch.Tensor, ...], hw, part: str,
              own: bool = True) -> Accuracy:
-    """``out`` is the module's output on ``inputs`` (batch item 0 is compared).
-    ``own=False`` skips the module's own float64 copy (rel_err_vs_fp64 stays NaN)."""
+    """``out`` is the module's output on ``inputs`` (batch item 0 is compared): of
+    ``attend`` on (q, k, v) with ``part="attend"``, of the whole layer on (x,) with
+    ``"layer"``. ``own=False`` skips the module's own float64 copy (rel_err_vs_fp64 stays NaN)."""
     first = tuple(t[:1] for t in inputs)
     out0 = out[:1]
     with torch.no_grad():
-        if workload == "op":
+        if part == "attend":
             exact = exact_attention_fp64(*first)
         else:
             exact = exact_layer_fp64(module, first[0], hw)
@@ -89,7 +90,7 @@ def accuracy(module: nn.Module, out: torch.Tensor, inputs: tuple[torch.Tensor, .
         if own:
             m64 = module.float64_reference()
             args64 = tuple(t.double() for t in first)
-            own_err = rel_err(out0, m64.attend(*args64, hw) if workload == "op" else m64(*args64, hw))
+            own_err = rel_err(out0, m64.attend(*args64, hw) if part == "attend" else m64(*args64, hw))
     return Accuracy(rel_err(out0, exact), cos_sim(out0, exact), own_err)
 
 

@@ -13,7 +13,6 @@ too; a value bad for only some jobs of a sweep is left to become their
 """
 from __future__ import annotations
 
-import difflib
 import itertools
 import sys
 from pathlib import Path
@@ -75,7 +74,9 @@ def explain(e: Exception, overrides: list[str]) -> str:
     if "not in struct" in str(cause) or "Key '" in str(cause) and "not in" in str(cause):
         if key == "variant":
             return "variant= was removed: a preset is an attention option now, e.g. attention=sdpa_flash"
-        return unknown_key_line(key or str(cause))
+        from .docs import all_settings
+
+        return unknown_key_line(key or str(cause), [k for k, _, _ in all_settings()])
     value = next((o.split("=", 1)[1] for o in overrides if o.lstrip("+~").split("=", 1)[0] == key), None)
     first = str(cause).splitlines()[0]
     kind = next((k for word, k in TYPE_WORDS.items() if word in first), None)
@@ -89,8 +90,7 @@ def check_job(overrides: list[str], describe: bool) -> str | None:
     from hydra import compose
     from omegaconf import open_dict
 
-    from .job import check_settings, make_job
-    from .workloads import get_workload
+    from .job import make_job, workload_of
 
     try:
         cfg = compose(config_name="config", overrides=overrides, return_hydra_config=True)
@@ -101,9 +101,8 @@ def check_job(overrides: list[str], describe: bool) -> str | None:
         del cfg["hydra"]
     try:
         job = make_job(cfg, ".", choice=choice, overrides=overrides)
-        check_settings(job)
         if describe:
-            get_workload(job.cfg.workload.name).describe(job)
+            workload_of(job.cfg).describe(job)
     except BadInput as e:
         return str(e)
     return None
@@ -116,7 +115,7 @@ def preflight(argv: list[str]) -> None:
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from .config import register_configs
+    from .job import register_configs
 
     register_configs()
     GlobalHydra.instance().clear()

@@ -8,15 +8,19 @@ or a table file (``records.parquet``/``results.parquet``/``.csv``). One row
 per measured case; the columns are the Record columns plus derived ones:
 
 - ``speedup_vs_vanilla`` / ``speedup_vs_flash``: baseline p50 latency / this
-  row's p50, against the same case (device, device_name, dtype, workload,
-  resolution, batch, patch, dim, heads [, model]) run with the baseline
-  preset (``baseline_vanilla`` / ``baseline_flash`` name it). Rows from
-  other machines never pair up: device_name is part of the match.
+  row's p50, against the same case (the ``case`` column less the attention:
+  every other setting that changes what is measured) on the same device name,
+  run with the baseline preset (``baseline_vanilla`` / ``baseline_flash`` name
+  it). Rows from other machines never pair up. ``speedup_flagged`` is true
+  where either timing behind a speedup is flagged (noisy, contended, throttled).
 - ``peak_tflops``, ``peak_gbps``, ``arith_intensity``, ``frac_of_peak``,
   ``frac_of_roofline``: where the GPU's datasheet peak is known (PEAKS).
 
-Inside one directory a case measured twice (a rerun) keeps one row: its
-newest ``ok`` row, else its newest row. Tables from different arguments are
+Inside one directory a case measured twice on one machine (a rerun) keeps
+one row in the merged table: its newest ``ok`` row, else its newest row (the
+job tables keep every row; collect says how many rows it superseded). A case
+is the ``case`` column (every setting that changes what is measured: seed,
+threads, model weights... included). Tables from different arguments are
 concatenated as they are, so different machines stay distinguishable by
 device_name, hostname and the version columns.
 """
@@ -30,10 +34,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from .records import (OPTIONAL_KEY, atomic_write, case_key, first_line, ordered_columns, read_job_records,
-                      read_table_file)
+from .records import (ATTENTION_KEYS, atomic_write, case_key, first_line, flagged_mask, ordered_columns,
+                      read_job_records, read_table_file)
 
-DERIVED = ("speedup_vs_vanilla", "speedup_vs_flash", "baseline_vanilla", "baseline_flash",
+DERIVED = ("speedup_vs_vanilla", "speedup_vs_flash", "baseline_vanilla", "baseline_flash", "speedup_flagged",
            "peak_tflops", "peak_gbps", "arith_intensity", "roofline_tflops", "frac_of_peak", "frac_of_roofline",
            "job_dir")
 # The paper's names for presets of this suite (its baselines, measured here under these names).
@@ -46,7 +50,6 @@ BASELINES = {
     "vanilla": ["vanilla_lepe", "vanilla"],  # the paper's VaniATT / GLOBAL is vanilla + LePE
     "flash": ["sdpa_flash", "flash_attn"],  # FlashAttention-2 (torch's flash backend is FA2)
 }
-MATCH = ("device", "device_name", "dtype", "workload", "resolution", "batch_size", "patch_size", "dim", "heads")
 
 # Dense peaks (no 2:4 sparsity) from NVIDIA's datasheets: fp16/bf16 = tensor-core
 # dense, fp32 = non-tensor FP32 (torch does not use TF32 for fp32 matmuls unless
@@ -103,23 +106,32 @@ def read_table(path: Path, problems: list[str] | None = None) -> pd.DataFrame:
     raise TableError(f"cannot read {why}")
 
 
-def dedupe(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per case and host: the newest ok row, else the newest row."""
+def dedupe(df: pd.DataFrame, said: list[str] | None = None) -> pd.DataFrame:
+    """One row per case, device name and host: the newest ok row, else the newest
+    row. ``said`` receives one line on how many rows were superseded and why."""
     if df.empty:
         return df
-    keys = [case_key(r, df.columns) + (str(r.get("hostname", "")),) for _, r in df.iterrows()]
+    keys = ["\x1f".join((case_key(r), str(r.get("device_name", "")), str(r.get("hostname", ""))))
+            for r in df.to_dict("records")]
     order = df.assign(_key=keys, _ok=(df["status"] == "ok").astype(int))
     order = order.sort_values(["_ok", "timestamp"], ascending=[False, False], kind="stable")
-    return order.drop_duplicates("_key").drop(columns=["_key", "_ok"]).sort_index().reset_index(drop=True)
+    kept = order.drop_duplicates("_key")
+    if said is not None and len(kept) < len(df):
+        by_ok = int(((order["_ok"] == 0) & order.duplicated("_key") & order["_key"].isin(
+            kept.loc[kept["_ok"] == 1, "_key"])).sum())
+        said.append(f"{len(df) - len(kept)} of {len(df)} rows superseded: a case measured more than once on one "
+                    f"machine keeps its newest ok row ({by_ok} superseded rows were not ok); the job tables keep "
+                    f"them all")
+    return kept.drop(columns=["_key", "_ok"]).sort_index().reset_index(drop=True)
 
 
-def load(paths: list[str | Path], problems: list[str] | None = None) -> pd.DataFrame:
+def load(paths: list[str | Path], problems: list[str] | None = None, said: list[str] | None = None) -> pd.DataFrame:
     """The rows of every argument: directories deduplicated, tables taken as they are.
-    Files that could not be read (or were read from their CSV twin) are named in ``problems``."""
+    Files that could not be read are named in ``problems``; ``said`` gets what dedupe did."""
     frames = []
     for p in map(Path, paths):
         if p.is_dir():
-            df = dedupe(read_job_records(p, problems))
+            df = dedupe(read_job_records(p, problems), said)
         elif p.is_file():
             df = read_table(p, problems)
         else:
@@ -140,19 +152,19 @@ def add_variant(df: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
-def _match_cols(df: pd.DataFrame) -> list[str]:
-    return list(MATCH) + [c for c in OPTIONAL_KEY if c in df.columns]
-
-
 def add_speedup(df: pd.DataFrame, column: str, baseline: str) -> pd.DataFrame:
-    """``column`` = baseline variant's p50 latency / this row's, on the same case and device."""
-    cols = _match_cols(df)
-    base = df[(df["variant"] == baseline) & (df["status"] == "ok")]
-    base = base.groupby(cols, dropna=False)["latency_ms_p50"].median().rename("_base_ms").reset_index()
-    merged = df[cols].merge(base, on=cols, how="left")
-    ok = (df["status"] == "ok").to_numpy()
-    df[column] = (merged["_base_ms"].to_numpy() / df["latency_ms_p50"].to_numpy()).astype(float)
-    df.loc[~ok, column] = math.nan
+    """``column`` = baseline variant's p50 latency / this row's, on the same case (less the
+    attention) and device name; ``speedup_flagged`` where either timing is flagged."""
+    match = pd.Series([case_key(r, drop=ATTENTION_KEYS) + "\x1f" + str(r.get("device_name", ""))
+                       for r in df.to_dict("records")], index=df.index)
+    ok = df["status"] == "ok"
+    flags = flagged_mask(df)
+    base = df[(df["variant"] == baseline) & ok]
+    base_ms = base.groupby(match[base.index])["latency_ms_p50"].median()
+    base_flag = flags[base.index].groupby(match[base.index]).any()
+    df[column] = (match.map(base_ms).astype(float) / df["latency_ms_p50"].astype(float)).where(ok, math.nan)
+    behind = (flags | match.map(base_flag).fillna(False).astype(bool)) & df[column].notna()
+    df["speedup_flagged"] = (df["speedup_flagged"] if "speedup_flagged" in df else False) | behind
     return df
 
 
@@ -162,15 +174,13 @@ def pick_baseline(df: pd.DataFrame, candidates: list[str]) -> str | None:
 
 
 def compulsory_bytes(row) -> float:
-    """Bytes one call must move at least: op reads q, k, v and writes out;
-    layer reads x and the weights and writes out. NaN for other workloads."""
-    s = ITEMSIZE.get(row["dtype"], 4)
-    bnc = row["batch_size"] * row["tokens"] * row["dim"]
-    if row["workload"] == "op":
-        return 4 * bnc * s
-    if row["workload"] == "layer":
-        return (2 * bnc + 4 * row["dim"] ** 2 + 4 * row["dim"]) * s
-    return math.nan
+    """Bytes one call must move at least, as the row's workload counts them (NaN when it does not)."""
+    from .workloads import get_workload
+
+    try:
+        return float(get_workload(str(row["workload"])).compulsory_bytes(row, ITEMSIZE.get(row["dtype"], 4)))
+    except Exception:  # noqa: BLE001 - a workload this process cannot import
+        return math.nan
 
 
 def add_roofline(df: pd.DataFrame) -> pd.DataFrame:
@@ -189,6 +199,7 @@ def add_roofline(df: pd.DataFrame) -> pd.DataFrame:
 def derive(df: pd.DataFrame, baselines: dict[str, list[str]] | None = None) -> pd.DataFrame:
     """Add every derived column (see the module docstring)."""
     df = add_variant(df.copy())
+    df["speedup_flagged"] = False
     for short, candidates in (baselines or BASELINES).items():
         chosen = pick_baseline(df, candidates)
         df[f"baseline_{short}"] = chosen or ""
@@ -212,9 +223,10 @@ def load_tables(path: str | Path) -> pd.DataFrame:
 
 
 def collect(paths: list[str | Path], out_dir: str | Path | None = None,
-            baselines: dict[str, list[str]] | None = None, problems: list[str] | None = None) -> Path:
+            baselines: dict[str, list[str]] | None = None, problems: list[str] | None = None,
+            said: list[str] | None = None) -> Path:
     """Merge, derive, write results.parquet and results.csv in ``out_dir``; return the parquet path.
-    Every file that could not be read is named in ``problems`` (and its rows, where a CSV twin had them, kept)."""
+    Every file that could not be read is named in ``problems``; ``said`` gets what dedupe did."""
     missing = [str(p) for p in paths if not Path(p).exists()]
     if missing:
         raise FileNotFoundError(f"{', '.join(missing)}: no such directory or table")
@@ -222,7 +234,7 @@ def collect(paths: list[str | Path], out_dir: str | Path | None = None,
         if len(paths) != 1 or not Path(paths[0]).is_dir():
             raise ValueError("several inputs (or a file): say where the merged table goes with --out DIR")
         out_dir = paths[0]
-    df = derive(load(paths, problems), baselines)
+    df = derive(load(paths, problems, said), baselines)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(lambda p: df.to_parquet(p, index=False), out / "results.parquet")
@@ -248,13 +260,16 @@ def main(argv: list[str] | None = None) -> None:
                     help="speedup_vs_NAME against PRESET (default: vanilla=vanilla_lepe, flash=sdpa_flash)")
     args = ap.parse_args(argv)
     problems: list[str] = []
+    said: list[str] = []
     try:
-        path = collect(args.paths, args.out, _parse_baselines(args.baseline), problems)
+        path = collect(args.paths, args.out, _parse_baselines(args.baseline), problems, said)
     except (FileNotFoundError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
     for p in problems:
         print(f"could not read: {p}")
+    for line in said:
+        print(line)
     df = pd.read_parquet(path)
     counts = ", ".join(f"{n} {s}" for s, n in df["status"].value_counts().items())
     print(f"{len(df)} rows ({counts}) from {df['device_name'].nunique()} device(s) -> {path} and "

@@ -27,16 +27,14 @@ from pathlib import Path
 import pandas as pd
 
 from .collect import TableError, load_tables
-from .records import CASE_KEY, OPTIONAL_KEY, key_of
-
-MATCH = [c for c in CASE_KEY if c not in ("device", "device_name")] + list(OPTIONAL_KEY)
+from .records import case_key
 ENVIRONMENT = ("device_name", "device", "git_sha", "torch_version", "cuda_version", "cudnn_version", "hostname",
                "threads")
 
 
 def _ok_rows(df: pd.DataFrame) -> pd.DataFrame:
     ok = df[(df["status"] == "ok") & df["latency_ms_p50"].notna()].copy()
-    ok["_case"] = ["|".join(key_of(r, MATCH)) for r in ok.to_dict("records")]
+    ok["_case"] = [case_key(r) for r in ok.to_dict("records")]
     return ok.sort_values("timestamp").drop_duplicates("_case", keep="last")  # the newest row of a case
 
 

@@ -10,13 +10,14 @@ from pathlib import Path
 
 import torch
 
-from .config import DEVICES, PRECISIONS, BadInput, check_choice
+from .config import DEVICES, PRECISIONS, BadInput
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def resolve_device(name: str) -> torch.device:
-    check_choice("device", name, DEVICES)
+    if name not in DEVICES:
+        raise BadInput(f"device={name!r} is not valid; valid choices: {', '.join(DEVICES)}")
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
@@ -33,7 +34,8 @@ class Precision:
 
 
 def resolve_precision(name: str, device: torch.device) -> Precision:
-    check_choice("precision", name, PRECISIONS)
+    if name not in PRECISIONS:
+        raise BadInput(f"precision={name!r} is not valid; valid choices: {', '.join(PRECISIONS)}")
     if name == "auto":
         name = "fp16" if device.type == "cuda" else "fp32"
     if name == "amp":

@@ -14,7 +14,7 @@ import attentions
 
 from .config import settings_help
 from .sweep.callbacks import KNOBS, SweepCallback
-from .workloads import list_workloads
+from .workloads import get_workload, list_workloads
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -27,11 +27,31 @@ def attention_table() -> str:
     return "\n".join(rows)
 
 
+def all_settings() -> list[tuple[str, str, str]]:
+    """(key, default, help) of every setting: the top-level ones, then each workload's
+    own (``workload.*``) and the groups it reads (``model.*``, ``proxy.*``), once each."""
+    rows = [r for r in settings_help() if r[0] not in ("attention", "workload", "model", "proxy")]
+    seen = {r[0] for r in rows}
+    for name in list_workloads():
+        wl = get_workload(name)
+        own = [r for r in settings_help(wl.Settings, "workload.") if r[0] != "workload.name"]
+        for key, default, text in own:
+            if key not in seen:
+                seen.add(key)
+                rows.append((key, default, f"{text} ({name})"))
+        for group, schema in wl.groups.items():
+            for row in settings_help(schema, f"{group}."):
+                if row[0] not in seen:
+                    seen.add(row[0])
+                    rows.append(row)
+    return rows
+
+
 def settings_table() -> str:
     rows = ["| setting | default | meaning |", "|---|---|---|"]
     rows.append(f"| `workload` | `layer` | {', '.join(f'`{w}`' for w in list_workloads())} "
-                f"(conf/workload/; each registered in suite/workloads/) |")
-    for key, default, text in settings_help():
+                f"(conf/workload/; each one module in suite/workloads/) |")
+    for key, default, text in all_settings():
         rows.append(f"| `{key}` | `{default}` | {text} |")
     params = inspect.signature(SweepCallback.__init__).parameters
     for name, text in KNOBS.items():

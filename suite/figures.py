@@ -33,6 +33,26 @@ def times_label(v: float, _pos=None) -> str:
 TOKENS_NOTE = "image side (px); tokens N = (side / patch)^2"
 
 
+def resolution_side(value) -> float:
+    """A resolution as one number for an axis: the side of a square image, the
+    geometric mean side (sqrt(H*W): the same token count) of ``HxW``."""
+    text = str(value).lower()
+    if "x" in text:
+        h, w = (float(t) for t in text.split("x"))
+        return (h * w) ** 0.5
+    try:
+        return float(text)
+    except ValueError:
+        return math.nan
+
+
+def numeric_resolution(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` with a numeric ``resolution`` (tables keep the "224" / "512x2048" labels)."""
+    if "resolution" in df and not pd.api.types.is_numeric_dtype(df["resolution"]):
+        df = df.assign(resolution=df["resolution"].map(resolution_side))
+    return df
+
+
 def slug(text: str) -> str:
     """A file-name-safe, lower-case form of ``text`` (at most 60 characters)."""
     return re.sub(r"[^A-Za-z0-9]+", "-", str(text)).strip("-").lower()[:60]
@@ -63,7 +83,7 @@ class Figures:
 
         self.plt, self.sns = plt, sns
         sns.set_theme(style="whitegrid", context="notebook")
-        self.df, self.out = df, out
+        self.df, self.out = numeric_resolution(df), out
         variants = sorted(df["variant"].unique())
         self.colors = dict(zip(variants, sns.color_palette("tab10" if len(variants) <= 10 else "husl",
                                                            len(variants))))

@@ -86,7 +86,7 @@ def timm_comparison(out: Path) -> list[str]:
 
     from .measure import time_fn
     from .models import build_model, plan_model
-    from .config import ModelConfig
+    from .models.config import ModelConfig
     from omegaconf import OmegaConf
 
     device, lines = torch.device("cuda"), ["| model | batch | timm img/s | suite img/s | suite / timm | verdict |",
@@ -95,7 +95,7 @@ def timm_comparison(out: Path) -> list[str]:
         mc = ModelConfig(**OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "model" / f"{ours}.yaml")))
         attention = "swin" if ours == "swin_t" else "sdpa"
         models = {"timm": timm.create_model(timm_name, pretrained=False),
-                  "suite": build_model(plan_model(mc, attention, {}, 224))}
+                  "suite": build_model(plan_model(mc, attention, {}, (224, 224)))}
         x = torch.randn(batch, 3, 224, 224, device=device)
         rate = {}
         for key, model in models.items():

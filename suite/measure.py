@@ -22,6 +22,15 @@ Fn = Callable[[], object]
 TIMINGS = ("eager", "cuda_graph", "kernels")
 
 
+class CaseUnsupported(RuntimeError):
+    """This way of measuring cannot run this case here (a row with status ``unsupported``)."""
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
+
+
 @dataclass(frozen=True)
 class Timing:
     p10_ms: float
@@ -72,8 +81,7 @@ def timing_unsupported(mode: str, device: torch.device) -> str:
 
 def capture_graph(fn: Fn, device: torch.device) -> Fn:
     """``fn`` captured as a CUDA graph (after two calls on a side stream, as
-    torch recommends); returns the replay. Unsupported when capture fails."""
-    from attentions.errors import Unsupported, first_line
+    torch recommends); returns the replay. CaseUnsupported when capture fails."""
 
     stream = torch.cuda.Stream(device)
     stream.wait_stream(torch.cuda.current_stream(device))
@@ -86,8 +94,8 @@ def capture_graph(fn: Fn, device: torch.device) -> Fn:
         with torch.cuda.graph(graph):
             fn()
     except Exception as e:  # noqa: BLE001 - a host sync, a CPU tensor or a dynamic shape inside the call
-        raise Unsupported(f"timing=cuda_graph: this call cannot be captured as a CUDA graph "
-                          f"({first_line(e)[:200]})") from None
+        raise CaseUnsupported(f"timing=cuda_graph: this call cannot be captured as a CUDA graph "
+                              f"({_first_line(e)[:200]})") from None
     return graph.replay
 
 
@@ -95,7 +103,7 @@ def kernel_samples(fn: Fn, device: torch.device, repeats: int, flush_l2: bool) -
     """Per call, the sum of its GPU activity times (kernels, copies, fills; ms), all
     calls in one profiler session. Each call runs alone between two syncs, inside
     a marked host range, after an L2 scrub outside the range; a GPU activity
-    belongs to the call whose range holds its start. Unsupported when the
+    belongs to the call whose range holds its start. CaseUnsupported when the
     profiler saw no GPU activity inside the calls."""
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile, record_function
@@ -117,8 +125,6 @@ def calls_gpu_ms(events, repeats: int, device_type) -> list[float]:
     """``kernel_samples``' attribution of GPU activities to the marked calls (ms per call)."""
     import bisect
 
-    from attentions.errors import Unsupported
-
     calls = sorted((e.start_ns(), e.start_ns() + e.duration_ns()) for e in events
                    if e.device_type() == device_type.CPU and e.name().startswith("suite_call_"))
     starts = [c[0] for c in calls]
@@ -131,7 +137,7 @@ def calls_gpu_ms(events, repeats: int, device_type) -> list[float]:
             samples[k] += e.duration_ns() / 1e6
     if len(calls) != repeats or not all(samples):
         seen = sum(1 for s in samples if s)
-        raise Unsupported(f"timing=kernels: the profiler saw GPU activity in {seen} of {repeats} timed calls "
+        raise CaseUnsupported(f"timing=kernels: the profiler saw GPU activity in {seen} of {repeats} timed calls "
                           f"(none: nothing ran on the GPU, or the profiler cannot see it here)")
     return samples
 
@@ -162,9 +168,7 @@ def time_fn(fn: Fn, device: torch.device, *, warmup: int = 3, repeats: int = 0, 
     """
     problem = timing_unsupported(mode, device)
     if problem:
-        from attentions import Unsupported
-
-        raise Unsupported(problem)
+        raise CaseUnsupported(problem)
     for _ in range(max(1, warmup)):
         fn()
     _sync(device)
@@ -307,37 +311,6 @@ def peak_memory(fn: Fn, device: torch.device) -> Memory:
     return Memory(peak / 2**20, peak / 2**20, "cpu_profiler_allocations")
 
 
-def _sdpa_cpu_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
-    """Flops of the CPU flash SDPA op, which FlopCounterMode does not know:
-    QK^T and AV, 2*M*N*K each, over all leading (batch, head, block) dims."""
-    lead = math.prod(query_shape[:-2])
-    n_q, d = query_shape[-2], query_shape[-1]
-    n_k, d_v = key_shape[-2], value_shape[-1]
-    return 2 * lead * n_q * n_k * d + 2 * lead * n_q * n_k * d_v
-
-
-def _sdpa_cpu_backward_flops(grad_out_shape, query_shape, key_shape, value_shape, *args, out_shape=None,
-                             **kwargs) -> int:
-    """Flops of the CPU flash SDPA backward, which FlopCounterMode does not know:
-    as torch counts the CUDA ones, the scores recomputed (QK^T) and four
-    matmuls for dP, dV, dQ, dK."""
-    lead = math.prod(query_shape[:-2])
-    n_q, d = query_shape[-2], query_shape[-1]
-    n_k, d_v = key_shape[-2], value_shape[-1]
-    return 2 * lead * n_q * n_k * (3 * d + 2 * d_v)
-
-
-def _conv_backward_flops(grad_out_shape, x_shape, w_shape, _bias, _stride, _padding, _dilation, transposed,
-                         _output_padding, _groups, output_mask, out_shape=None) -> int:
-    """Flops of a convolution's backward: the input gradient and the weight
-    gradient each cost the forward's 2 * outputs * (Cin / groups) * kh * kw.
-    torch 2.13's own formula ignores ``groups`` here and counts a depthwise
-    convolution's backward as a dense one (64x too many at 64 channels)."""
-    outputs = math.prod(x_shape if transposed else grad_out_shape)
-    per_pass = 2 * outputs * math.prod(w_shape[1:])
-    return per_pass * (int(bool(output_mask[0])) + int(bool(output_mask[1])))
-
-
 SDPA_KERNELS = {
     "aten::_scaled_dot_product_flash_attention": "flash",
     "aten::_scaled_dot_product_flash_attention_backward": "flash",
@@ -350,42 +323,6 @@ SDPA_KERNELS = {
     "aten::_scaled_dot_product_attention_math": "math",
     "aten::_scaled_dot_product_fused_attention_overrideable": "overrideable",
 }
-
-
-def count_flops(fn: Fn) -> int:
-    """FLOPs seen by FlopCounterMode in one call (formulas registered for the CPU
-    flash SDPA forward and backward, which it does not know, and for the
-    convolution backward, which it counts wrongly for grouped convolutions)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    mapping = {}
-    for name, formula in (("_scaled_dot_product_flash_attention_for_cpu", _sdpa_cpu_flops),
-                          ("_scaled_dot_product_flash_attention_for_cpu_backward", _sdpa_cpu_backward_flops),
-                          ("convolution_backward", _conv_backward_flops)):
-        op = getattr(torch.ops.aten, name, None)
-        if op is not None:
-            mapping[op] = formula
-    counter = FlopCounterMode(display=False, custom_mapping=mapping)
-    with counter:
-        fn()
-    return int(counter.get_total_flops())
-
-
-def try_count_flops(fn: Fn) -> tuple[float, str]:
-    """``count_flops``, or NaN and a note when the counter cannot trace the
-    call (e.g. eager FlexAttention on CPU): a count is an annotation of a
-    measurement, never a reason to lose it."""
-    try:
-        return float(count_flops(fn)), ""
-    except Exception as e:  # noqa: BLE001 - the counter's failures come in many types
-        # A trace that failed under the counter stays cached by dynamo and
-        # would fail every later compiled call in this process (seen with
-        # eager FlexAttention on CPU, torch 2.13): drop those caches.
-        torch._dynamo.reset()
-        from attentions.errors import first_line
-
-        why = f"{type(e).__name__}: {first_line(e)[:200]}"
-        return math.nan, f"flops_counted unavailable: FlopCounterMode failed ({why})"
 
 
 def sdpa_kernels(fn: Fn) -> set[str]:

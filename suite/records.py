@@ -1,9 +1,9 @@
-"""Rows: the one flat record per case (units in the field names), and every
-rule about rows: their identifying columns, invalid and failed rows, the
-case key, reading and writing.
+"""Rows: one flat record per case (units in the column names) and every rule
+about rows: the core columns and the ones a workload declares, invalid and
+failed rows, the case key, reading and writing.
 
-Every job writes its rows as ``records.parquet`` and ``records.csv`` in its run
-directory as soon as they exist, so a crash later never loses them.
+A row is written as soon as it exists (``storage.py``: one immutable part per
+write), so a crash later never loses it.
 """
 from __future__ import annotations
 
@@ -25,40 +25,49 @@ from . import storage
 from .config import Job, attention_options
 from .storage import RowsNotWritten, atomic_write  # noqa: F401  (re-exported: the row API in one place)
 
-STATUSES = ("ok", "oom", "unsupported", "unavailable", "invalid", "skipped", "error", "interrupted")
+STATUSES = ("ok", "oom", "unsupported", "unavailable", "invalid", "skipped", "error", "interrupted", "cancelled",
+            "timeout", "preempted")
 
 NAN = math.nan
 
 
 @dataclass(frozen=True)
-class Record:
-    # what was measured
-    attention: str  # registered name
-    variant: str  # the attention as tables label it: preset name [+ options set on the command line]
-    workload: str
-    resolution: int
-    patch_size: int
-    grid_h: int
-    grid_w: int
-    tokens: int
-    batch_size: int
-    dim: int
-    heads: int
-    dtype: str  # precision as run: fp32, fp16, bf16, amp
-    device: str  # cpu, cuda
-    device_name: str
-    attention_options: str  # JSON of the attention's options
+class Core:
+    """The columns every row has (units in the names). A workload adds its own
+    (``Workload.columns``); a row may hold nothing else (``Record.checked``)."""
+
+    # what was measured: the case (``case`` is its identity, one JSON; the other columns spell it out)
+    attention: str = ""  # registered name
+    variant: str = ""  # the attention as tables label it: preset name [+ options set on the command line]
+    workload: str = ""
+    resolution: str = ""  # "224" (square) or "512x2048" (height x width, pixels)
+    height: int = 0
+    width: int = 0
+    patch_size: int = 0
+    grid_h: int = 0  # token grid of the attention (a model: of its first stage)
+    grid_w: int = 0
+    tokens: int = 0
+    batch_size: int = 0
+    dim: int = 0  # channels and heads of the attention (a model: its first stage's)
+    heads: int = 0
+    dtype: str = ""  # precision as run: fp32, fp16, bf16, amp
+    device: str = ""  # cpu, cuda
+    device_name: str = ""
+    attention_options: str = ""  # JSON of the attention's options
+    direction: str = "fwd"  # fwd, bwd (the backward alone) or fwd_bwd
+    timing: str = "eager"  # eager, cuda_graph or kernels
+    seed: int = 0
+    case: str = ""  # JSON of every setting that changes what is measured (suite/job.py case_identity)
     # outcome
-    status: str  # one of STATUSES
+    status: str = ""  # one of STATUSES
     reason: str = ""
+    impl_ran: str = ""  # the kernel or code path that actually ran (e.g. triton, reference, sdpa:cudnn)
     # timing
     latency_ms_p10: float = NAN
     latency_ms_p50: float = NAN
     latency_ms_p90: float = NAN
     repeats: int = 0
     throughput_per_s: float = NAN  # images (batch items) per second at p50
-    timing: str = "eager"  # eager, cuda_graph or kernels
-    direction: str = "fwd"  # fwd, bwd (the backward alone) or fwd_bwd
     # how it was timed, and whether to believe it (suite/conditions.py)
     timing_quality: str = ""  # ok, noisy, contended, throttled
     timing_note: str = ""  # why, and which attempt was kept
@@ -67,27 +76,20 @@ class Record:
     cpu_affinity: int = 0  # CPUs this process may run on
     load_avg_before: float = NAN  # 1-minute load average
     load_avg_after: float = NAN
-    other_cpu_load: float = NAN  # CPU cores other processes used on average during the timed loop
+    other_cpu_load: float = NAN  # CPU cores other processes used on average around the timed loop
     timed_wall_s: float = NAN  # wall time of the timed loop
     timed_cpu_s: float = NAN  # CPU time of this process in the timed loop, all threads
     # memory
     peak_mem_mib: float = NAN
     peak_extra_mem_mib: float = NAN  # peak minus what was allocated before the call
     mem_method: str = ""
+    saved_mib: float = NAN  # tensors the forward keeps for the backward
     # work
     flops_analytic: float = NAN
     flops_counted: float = NAN
     tflops_per_s: float = NAN  # from flops_analytic and latency_ms_p50
     sdpa_kernels: str = ""  # SDPA kernels that actually ran (aten ops seen)
     run_info: str = ""  # JSON of facts the attention reported
-    # accuracy proxies
-    rel_err_vs_exact: float = NAN
-    rel_err_vs_fp64: float = NAN
-    cos_sim_vs_exact: float = NAN
-    grad_rel_err_vs_fp64: float = NAN  # direction bwd / fwd_bwd: the largest over the gradients (grad_errors)
-    grad_rel_err_vs_exact: float = NAN  # exact attentions: against float64 exact attention's gradients
-    grad_errors: str = ""  # JSON: each gradient's relative errors
-    saved_mib: float = NAN  # tensors the forward keeps for the backward
     # GPU readings (NVML; the device found by UUID), empty on CPU
     gpu_sm_clock_mhz: float = NAN  # at the end of the timed loop
     gpu_mem_clock_mhz: float = NAN
@@ -101,7 +103,7 @@ class Record:
     energy_j: float = NAN  # of the timed calls alone: the loop less as many L2 scrubs
     avg_power_w: float = NAN  # energy_j over the calls' summed device time
     driver_version: str = ""
-    # environment
+    # where and with what it ran
     torch_version: str = ""
     cuda_version: str = ""
     cudnn_version: str = ""
@@ -110,86 +112,109 @@ class Record:
     hostname: str = ""
     git_sha: str = ""
     timestamp: str = ""
-    seed: int = 0
     config: str = ""  # the full resolved config, as YAML
     row_id: str = ""  # unique per row: tells a row from its copy in another table
-    # workload=model / workload=train_proxy (suite/workloads/); empty otherwise.
-    # There dim/heads/patch_size/grid/tokens are the model's stage-1 values.
-    model: str = ""
-    model_weights: str = ""  # the state dict loaded (model.weights); empty: random init
-    params: int = 0
-    stage_attentions: str = ""  # attention per stage, "|"-joined
-    model_info: str = ""  # JSON: per-stage dim/heads/grid/options, position embedding, fallbacks
-    flops_per_image_analytic: float = NAN  # FLOPs (2 per multiply-add); the papers' "GFLOPs" are MACs: /2
-    flops_per_image_counted: float = NAN
-    attn_flops_per_image_analytic: float = NAN  # the attention layers' part (qkv, core, LePE, proj)
-    latency_ms_p50_attn_identity: float = NAN  # attention layers -> identity on (B, N, C)
-    attn_latency_share: float = NAN  # 1 - that / latency_ms_p50
-    attn_core_latency_share: float = NAN  # attention core -> v (qkv, proj kept)
-    fidelity_images: int = 0
-    fidelity_feat_rel_err: float = NAN  # vs the same weights with exact attention everywhere
-    fidelity_feat_cos: float = NAN
-    fidelity_top1_agree: float = NAN  # random 1000-class head
-    fidelity_layer_rel_err_mean: float = NAN  # each layer vs exact attention on its own input
-    fidelity_layer_rel_err_max: float = NAN
-    fidelity_layer_cos_min: float = NAN
-    fidelity_layers: str = ""  # JSON list of {stage, block, rel_err, cos}
-    proxy_task: str = ""  # pathfinder, listops
-    proxy_steps: int = 0
-    proxy_top1: float = NAN  # held-out split
-    proxy_train_loss: float = NAN  # mean over the last 10% of steps
-    proxy_steps_per_s: float = NAN
-    proxy_wall_s: float = NAN  # the whole job: data, training, evaluation
-    proxy_eval_items: int = 0
+    extra_columns: str = ""  # JSON of values a workload returned under names it did not declare
 
-    def __post_init__(self):
-        if self.status not in STATUSES:
-            raise ValueError(f"status {self.status!r} not in {STATUSES}")
+
+@dataclass(frozen=True)
+class Col:
+    """A column a workload adds to its rows: name, default (its type), what it means."""
+
+    name: str
+    default: object = NAN
+    doc: str = ""
+
+
+CORE: tuple[Col, ...] = tuple(Col(f.name, f.default) for f in dataclasses.fields(Core))
+_CORE_NAMES = frozenset(c.name for c in CORE)
+
+
+class Record(dict):
+    """One row: the core columns (defaults filled in) plus a workload's own.
+    Attribute access reads a column (``r.status``); a column the row lacks reads as
+    its declared default when known, else NaN."""
+
+    def __init__(self, **values):
+        super().__init__({c.name: c.default for c in CORE})
+        self.update(values)
+        if self["status"] not in STATUSES:
+            raise ValueError(f"status {self['status']!r} not in {STATUSES}")
+
+    def __getattr__(self, name: str):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return self.get(name, NAN)
 
     def row(self) -> dict:
-        return dataclasses.asdict(self)
+        return dict(self)
+
+    def checked(self, columns: tuple[Col, ...], owner: str) -> tuple["Record", str]:
+        """The row with only core and ``columns`` (defaults filled in); values under other
+        names move into ``extra_columns`` (JSON) and the note says so. Never raises."""
+        known = _CORE_NAMES | {c.name for c in columns}
+        extra = {k: v for k, v in self.items() if k not in known}
+        out = Record(**({c.name: c.default for c in columns} | {k: v for k, v in self.items() if k in known}))
+        if not extra:
+            return out, ""
+        out["extra_columns"] = json.dumps(extra, sort_keys=True, default=str)
+        return out, f"columns not declared by {owner}: {', '.join(sorted(extra))} (kept in extra_columns)"
 
 
 def record_fields() -> list[str]:
-    return [f.name for f in dataclasses.fields(Record)]
+    return [c.name for c in CORE]
 
 
 @functools.cache
 def record_defaults() -> dict:
-    return {f.name: f.default for f in dataclasses.fields(Record)}
+    return {c.name: c.default for c in CORE}
 
 
 # -- making rows ---------------------------------------------------------------
-def base_fields(job: Job, identity: dict, device: torch.device, dtype_name: str, env: dict) -> dict:
-    """The identifying columns of a row. ``identity`` holds the workload's own
-    grid, width and model facts over the top-level settings."""
+def base_fields(job: Job, facts: dict, device: torch.device, dtype_name: str, env: dict, case: str) -> dict:
+    """The identifying columns of a row: the settings, the workload's ``facts``
+    (its grid, width, heads, patch...) over them, the environment, and ``case``."""
     cfg = job.cfg
-    hw = identity.get("grid", (0, 0))
+    h, w = facts.get("size") or _size(cfg.resolution)
+    grid = facts.get("grid", (0, 0))
     fields = dict(
         attention=str(cfg.attention.get("name")),
         variant=job.label,
-        workload=cfg.workload.name,
+        workload=str(_get(cfg.workload, "name")),
         direction=cfg.direction,
         timing=cfg.timing,
-        resolution=cfg.resolution,
-        patch_size=cfg.patch_size,
-        grid_h=hw[0],
-        grid_w=hw[1],
-        tokens=hw[0] * hw[1],
+        resolution=str(h) if h == w else f"{h}x{w}",
+        height=h,
+        width=w,
+        grid_h=grid[0],
+        grid_w=grid[1],
+        tokens=grid[0] * grid[1],
         batch_size=cfg.batch_size,
-        dim=cfg.dim,
-        heads=cfg.heads,
         dtype=dtype_name,
         device=device.type,
         device_name=str(env.get("device_name", "")),
-        attention_options=json.dumps(attention_options(cfg), sort_keys=True),
+        attention_options=json.dumps(attention_options(cfg), sort_keys=True, default=str),
         seed=cfg.seed,
+        case=case,
         timestamp=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         row_id=uuid.uuid4().hex,
         config=job.config_yaml,
     )
-    fields.update({k: v for k, v in env.items() if k in Record.__dataclass_fields__ and k != "device_name"})
-    return fields | {k: v for k, v in identity.items() if k != "grid"}
+    fields.update({k: v for k, v in env.items() if k in _CORE_NAMES and k != "device_name"})
+    return fields | {k: v for k, v in facts.items() if k not in ("grid", "size")}
+
+
+def _get(node, key, default=""):
+    return node.get(key, default) if isinstance(node, dict) else getattr(node, key, default)
+
+
+def _size(resolution) -> tuple[int, int]:
+    from .config import BadInput, parse_resolution
+
+    try:
+        return parse_resolution(resolution)
+    except BadInput:
+        return 0, 0
 
 
 def flagged(quality) -> bool:
@@ -217,12 +242,13 @@ def is_oom(e: BaseException) -> bool:
 def failure(e: BaseException, run_dir: Path) -> tuple[str, str]:
     """(status, reason) of an exception raised while running a case. An
     unexpected error keeps its traceback in ``run_dir/error.log``."""
-    from attentions import Unavailable, Unsupported
+    import attentions
 
-    if isinstance(e, Unavailable):
-        return "unavailable", str(e)
-    if isinstance(e, Unsupported):
-        return "unsupported", str(e)
+    from .measure import CaseUnsupported
+
+    kind = "unsupported" if isinstance(e, CaseUnsupported) else attentions.failure_kind(e)
+    if kind:
+        return kind, str(e)
     if is_oom(e):
         return "oom", first_line(e)
     log = Path(run_dir) / "error.log"
@@ -235,13 +261,12 @@ def failure(e: BaseException, run_dir: Path) -> tuple[str, str]:
     return "error", first_line(e) + where
 
 
-def unmeasured_row(job: Job, status: str, reason: str) -> Record:
+def unmeasured_row(job: Job, status: str, reason: str, case: str = "") -> Record:
     """A row for a job that never reached measuring (bad settings, or a failure
     before the workload could describe its case): the settings as given."""
     from .device import environment, resolve_device, resolve_precision
 
     cfg = job.cfg
-    g = cfg.resolution // cfg.patch_size if cfg.patch_size > 0 else 0
     device, dtype, env = torch.device("cpu"), str(cfg.precision.name), {}
     try:  # say where the case would have run, so the row groups with its sweep's device
         device = resolve_device(cfg.device.name)
@@ -249,25 +274,35 @@ def unmeasured_row(job: Job, status: str, reason: str) -> Record:
         env = environment(device)
     except Exception:  # noqa: BLE001 - e.g. device=cuda without a GPU: keep the settings as given
         pass
-    base = base_fields(job, {"grid": (g, g)}, device, dtype, env)
+    base = base_fields(job, {}, device, dtype, env, case)
     if not env:
         base["device"] = str(cfg.device.name)
     return Record(**base, status=status, reason=reason)
 
 
 # -- the case key ------------------------------------------------------------------
-CASE_KEY = ("attention", "attention_options", "workload", "resolution", "patch_size", "batch_size",
-            "dim", "heads", "dtype", "device", "device_name")
-OPTIONAL_KEY = ("model", "proxy_task", "proxy_steps", "direction", "timing")
+# Tables from before the ``case`` column: the columns that spelt a case then.
+LEGACY_KEY = ("attention", "attention_options", "workload", "resolution", "patch_size", "batch_size", "dim",
+              "heads", "dtype", "device", "model", "proxy_task", "proxy_steps", "direction", "timing", "seed",
+              "threads")
+ATTENTION_KEYS = ("attention",)  # what a baseline comparison leaves out of the case
 
 
-def case_key(row: dict | pd.Series, columns) -> tuple:
-    """The row's case as a tuple of strings (a missing column reads as Record's default)."""
-    return key_of(row, list(CASE_KEY) + [c for c in OPTIONAL_KEY if c in columns])
+def case_key(row: dict | pd.Series, drop: tuple[str, ...] = ()) -> str:
+    """The row's case (its ``case`` JSON), less the identity keys ``drop``; rows from
+    before that column get a key from the columns that spelt a case then."""
+    case = row.get("case", "")
+    if isinstance(case, str) and case:
+        if not drop:
+            return case
+        ident = json.loads(case)
+        return json.dumps({k: v for k, v in ident.items() if k not in drop}, sort_keys=True, separators=(",", ":"))
+    skip = {"attention", "attention_options"} if "attention" in drop else set()
+    return "legacy:" + "|".join(key_of(row, [c for c in LEGACY_KEY if c not in skip]))
 
 
 def key_of(row: dict | pd.Series, columns) -> tuple:
-    """``row``'s values in ``columns`` as strings, one spelling per value (a missing column reads as Record's default)."""
+    """``row``'s values in ``columns`` as strings, one spelling per value (a missing column reads as its default)."""
     defaults = record_defaults()
     return tuple(_norm(row.get(c, defaults.get(c, ""))) for c in columns)
 
@@ -302,7 +337,8 @@ def write_records(records: list[Record], directory: str | Path) -> str:
     records.parquet/.csv (``storage.write_rows``). Returns a note when the
     views could not be rebuilt (the rows are safe). RowsNotWritten when the
     folder cannot take them."""
-    df = pd.DataFrame([r.row() for r in records], columns=record_fields())
+    names = list(dict.fromkeys([*record_fields(), *(k for r in records for k in r)]))
+    df = pd.DataFrame([r.row() for r in records], columns=names)
     _, note = storage.write_rows(df, directory, ordered_columns)
     return note
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from .collect import BASELINES, PAPER_NAMES, TableError, derive, read_table
-from .figures import NOT_OK, Figures
+from .figures import NOT_OK, Figures, resolution_side
 from .records import flagged_mask
 
 def load_results(path: str | Path) -> pd.DataFrame:
@@ -49,9 +49,9 @@ def pivot(sub: pd.DataFrame, value: str, fmt: str = "{:.3g}") -> pd.DataFrame:
         val = r.get(value)
         text = fmt.format(val) if r["status"] == "ok" and val == val and val is not None else (
             NOT_OK.get(r["status"], r["status"]) if r["status"] != "ok" else "")
-        cells[(r["variant"], int(r["resolution"]))] = text
+        cells[(r["variant"], str(r["resolution"]))] = text
     variants = sorted({k[0] for k in cells})
-    res = sorted({k[1] for k in cells})
+    res = sorted({k[1] for k in cells}, key=resolution_side)
     rows = [[v] + [cells.get((v, x), "") for x in res] for v in variants]
     return pd.DataFrame(rows, columns=["variant"] + [f"{x} px" for x in res])
 

@@ -13,7 +13,7 @@ CONF = ROOT / "conf"
 @pytest.fixture
 def hydra_conf():
     """Hydra initialised on conf/ (with the typed schema) for compose() in a test."""
-    from suite.config import register_configs
+    from suite.job import register_configs
 
     register_configs()
     GlobalHydra.instance().clear()
@@ -25,7 +25,7 @@ def hydra_conf():
 @pytest.fixture
 def run_job():
     """Run one job in-process, as run.py would: ``run_job(overrides, run_dir) -> list[Record]``."""
-    from suite.config import register_configs
+    from suite.job import register_configs
     from suite.job import make_job, run
 
     register_configs()

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import attentions
 
-from ..config import ARCHS, ModelConfig
+from .config import ARCHS, ModelConfig
 
 
 # -- the plan: which attention, with which options, on which grid ----------------
@@ -38,7 +38,7 @@ class StagePlan:
 class ModelPlan:
     name: str
     arch: str
-    resolution: int
+    size: tuple[int, int]  # image height, width in pixels
     patch_size: int
     embed_dim: int
     mlp_ratio: float
@@ -59,13 +59,16 @@ def stride_of(mc: ModelConfig) -> int:
     return mc.patch_size * 2 ** (len(mc.depths) - 1)
 
 
-def structural_reason(mc: ModelConfig, resolution: int) -> str | None:
-    """Why ``resolution`` cannot give whole stage grids (None when it can)."""
+def structural_reason(mc: ModelConfig, size: tuple[int, int]) -> str | None:
+    """Why an image of ``size`` (H, W) pixels cannot give whole stage grids (None when it can)."""
     step = stride_of(mc)
-    if resolution < step or resolution % step:
-        merges = len(mc.depths) - 1
-        why = f"patch {mc.patch_size}" + (f" and {merges} 2x merges" if merges else "")
-        return f"resolution={resolution} is not a multiple of {step} ({why})"
+    for side, name in zip(size, ("height", "width")):
+        if side < step or side % step:
+            merges = len(mc.depths) - 1
+            why = f"patch {mc.patch_size}" + (f" and {merges} 2x merges" if merges else "")
+            if size[0] == size[1]:
+                return f"resolution={side} is not a multiple of {step} ({why})"
+            return f"resolution={size[0]}x{size[1]}: the {name} {side} is not a multiple of {step} ({why})"
     return None
 
 
@@ -75,7 +78,7 @@ def _filtered(name: str, options: dict) -> dict:
 
 
 def check_model_config(mc: ModelConfig) -> None:
-    """ValueError naming the bad value and the valid choices."""
+    """ValueError naming the bad value and the valid choices (what one field's rules cannot say)."""
     if mc.arch not in ARCHS:
         raise ValueError(f"model.arch={mc.arch!r} is not valid; valid archs: {', '.join(ARCHS)}")
     n = len(mc.depths)
@@ -96,11 +99,13 @@ def check_model_config(mc: ModelConfig) -> None:
         raise ValueError(f"model.pos_interp={mc.pos_interp!r} is not valid; valid: bicubic, bilinear")
 
 
-def plan_model(mc: ModelConfig, attention: str, attention_options: dict, resolution: int) -> ModelPlan:
-    """Who runs where. ValueError on a bad model config or a resolution without whole grids."""
+def plan_model(mc: ModelConfig, attention: str, attention_options: dict, size: tuple[int, int] | int) -> ModelPlan:
+    """Who runs where, for images of ``size`` (H, W) pixels (an int: square).
+    ValueError on a bad model config or a size without whole grids."""
+    size = (size, size) if isinstance(size, int) else tuple(size)
     check_model_config(mc)
     attentions.attention_info(attention)  # unknown name -> ValueError listing the registered ones
-    reason = structural_reason(mc, resolution)
+    reason = structural_reason(mc, size)
     if reason:
         raise ValueError(reason)
     notes = []
@@ -110,7 +115,7 @@ def plan_model(mc: ModelConfig, attention: str, attention_options: dict, resolut
         native = "sdpa"
     replaced = set(mc.attention_stages) if mc.attention_stages is not None else set(range(1, len(mc.depths) + 1))
     stages = []
-    g = resolution // mc.patch_size
+    g = (size[0] // mc.patch_size, size[1] // mc.patch_size)
     for i, (depth, heads) in enumerate(zip(mc.depths, mc.heads)):
         number = i + 1
         dim = mc.embed_dim * 2**i
@@ -118,17 +123,17 @@ def plan_model(mc: ModelConfig, attention: str, attention_options: dict, resolut
         base = dict(attention_options) if number in replaced else {}
         is_global = mc.last_stage_global and number == len(mc.depths)
         stage_opts = dict(mc.stage_options[i] or {})
-        if is_global:
-            stage_opts.update({k: g for k in mc.global_options})
+        if is_global:  # the attention says which of its options cover the whole grid
+            stage_opts.update(attentions.attention_info(name).cls.whole_grid_options(g))
         blocks = []
         for b in range(depth):
             opts = dict(base, **stage_opts)
             if not is_global:
                 opts.update({k: list(vals)[b % len(vals)] for k, vals in (mc.block_options or {}).items()})
             blocks.append(BlockPlan(name, _filtered(name, opts)))
-        stages.append(StagePlan(number, dim, heads, (g, g), tuple(blocks), number in replaced, is_global))
-        g //= 2
-    return ModelPlan(mc.name, mc.arch, resolution, mc.patch_size, mc.embed_dim, float(mc.mlp_ratio),
+        stages.append(StagePlan(number, dim, heads, g, tuple(blocks), number in replaced, is_global))
+        g = (g[0] // 2, g[1] // 2)
+    return ModelPlan(mc.name, mc.arch, size, mc.patch_size, mc.embed_dim, float(mc.mlp_ratio),
                      float(mc.norm_eps), mc.num_classes, mc.init_std, mc.base_grid, mc.pos_interp, tuple(stages), tuple(notes))
 
 
@@ -142,19 +147,18 @@ def check_plan(plan: ModelPlan) -> None:
                 continue
             seen.add(key)
             module = attentions.create_attention(b.attention, s.dim, s.heads, **b.options)
-            try:
-                module.check_grid(s.grid)
-            except ValueError as e:
-                raise ValueError(f"stage {s.number} ({b.attention}, grid {s.grid[0]}x{s.grid[1]}): {e}") from None
+            invalid = [r.text for r in module.reasons(hw=s.grid) if r.kind == "invalid"]
+            if invalid:
+                raise ValueError(f"stage {s.number} ({b.attention}, grid {s.grid[0]}x{s.grid[1]}): {invalid[0]}")
 
 
 def valid_resolutions(mc: ModelConfig, attention: str, attention_options: dict, upto: int) -> list[int]:
-    """Resolutions up to ``upto`` at which this model and attention build."""
+    """Square resolutions up to ``upto`` at which this model and attention build."""
     out = []
     step = stride_of(mc)
     for r in range(step, upto + 1, step):
         try:
-            check_plan(plan_model(mc, attention, attention_options, r))
+            check_plan(plan_model(mc, attention, attention_options, (r, r)))
         except ValueError:
             continue
         out.append(r)

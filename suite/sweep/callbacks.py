@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import atexit
 import json
-import math
 import os
 import sys
 import threading
@@ -35,26 +34,25 @@ def _multirun(config: DictConfig) -> bool:
     return config.hydra.get("mode") == RunMode.MULTIRUN
 
 
-def one_line(rows: list[Any]) -> str:
-    """A job's result (its rows) in one line: case, status, p50 latency or the reason."""
+def one_line(rows: list[Any], width: int = 64) -> str:
+    """A job's result (its rows) in one short line: the case and its outcome as
+    its workload says it, the timing verdict when flagged; at most ``width``
+    characters (the counter in front makes it fit 80 columns)."""
     from ..records import flagged
+    from ..workloads import get_workload
 
     parts = []
     for r in rows:
-        g = lambda k, d=None, r=r: getattr(r, k, d)  # noqa: E731
-        label = g("variant") or g("attention")
-        model = f" in {g('model')}" if g("model", "") else ""
-        head = f"{g('status'):<11} {label}{model} {g('workload')} {g('dtype')} {g('resolution')}px"
-        lat, top1 = g("latency_ms_p50"), g("proxy_top1", math.nan)
-        quality = g("timing_quality", "")
-        flag = f" [timing {quality}: {g('timing_note', '')}]" if flagged(quality) else ""
-        if g("status") == "ok" and lat is not None and not math.isnan(lat):
-            parts.append(f"{head}: {lat:.3f} ms{flag}")
-        elif g("status") == "ok" and top1 is not None and not math.isnan(top1):
-            parts.append(f"{head} {g('proxy_task', '')}: top-1 {top1:.3f}")
-        else:
-            parts.append(f"{head}: {(g('reason') or '')[:160]}")
-    return " | ".join(parts) or "no rows"
+        try:
+            text = get_workload(str(r.get("workload"))).line(r)
+        except Exception:  # noqa: BLE001 - an unknown workload (a row from a bad setting)
+            text = f"{r.get('variant') or r.get('attention')}: {r.get('status')}"
+        if r.get("status") not in ("ok", None):
+            text = f"{text} ({r.get('reason') or ''})" if r.get("reason") else text
+        quality = r.get("timing_quality", "")
+        parts.append(text + (f" [{quality}]" if flagged(quality) else ""))
+    line = " | ".join(parts) or "no rows"
+    return line if len(line) <= width else line[: width - 1] + "…"
 
 
 def pin_local_gpu(job_num: int) -> str | None:

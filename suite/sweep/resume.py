@@ -1,52 +1,52 @@
 """Sweep bookkeeping inside one job: resume, skip-before-launch, job counts.
 
-- ``resume=true``: a case that already has an ``ok`` row anywhere under the
-  sweep folder (same settings, same device name) is not measured again (the
-  job returns that row and writes nothing). Needs a stable sweep folder: the
-  presets set ``hydra.sweep.dir=results/sweeps/<preset>``.
+- ``resume=true``: a case that already has an ``ok`` row under the sweep
+  folder or ``records_dir`` (same case, same device name) is not measured
+  again (the job returns that row and writes nothing); ``resume=trusted``
+  counts only rows whose timing verdict is not flagged, so untrusted timings
+  are taken again. Needs a stable sweep folder: the presets set
+  ``hydra.sweep.dir=results/sweeps/<preset>``.
 - A case whose memory estimate (a lower bound) exceeds what the device has
   becomes a ``skipped`` row and is not measured.
 """
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
+import pandas as pd
 import torch
 
 from ..config import Job
 from ..device import available_bytes
-from ..records import Record, read_job_records, record_fields
-
-_VOLATILE = ("resume", "records_dir")  # settings that do not change what is measured
-
-
-def same_settings(config_yaml: str) -> str:
-    """The job's settings as YAML, less the keys that do not change the measurement."""
-    keep = [ln for ln in str(config_yaml).splitlines() if not ln.startswith(tuple(f"{k}:" for k in _VOLATILE))]
-    return "\n".join(keep)
+from ..records import Record, flagged_mask, read_job_records
 
 
 def resumed_record(job: Job, base: dict) -> Record | None:
-    """With ``resume=true``: the newest ``ok`` row under the sweep folder that
-    was measured with these same settings (the ``config`` column) on a device
-    of this name; else None. The row's full resolved config is the case's identity."""
-    if not job.cfg.resume:
+    """With ``resume=true``: the newest ``ok`` row under the sweep folder (and under
+    ``records_dir`` when set) of this case (the ``case`` column: every setting that
+    changes what is measured) on a device of this name; with ``resume=trusted``
+    only an ok row whose timing is not flagged counts. Else None."""
+    if job.cfg.resume == "false":
         return None
     problems: list[str] = []
-    df = read_job_records(job.sweep_dir or job.run_dir, problems)
+    roots = list(dict.fromkeys(p for p in (job.sweep_dir, job.run_dir if job.cfg.records_dir else None,
+                                           None if job.sweep_dir else job.run_dir) if p is not None))
+    frames = [read_job_records(r, problems) for r in roots if Path(r).exists()]
     for p in problems:
-        print(f"[resume] could not read {p}; its CSV twin was used where readable", flush=True)
-    if df.empty or "config" not in df:
+        print(f"[resume] could not read {p}; the other rows were used", flush=True)
+    frames = [f for f in frames if not f.empty and "case" in f]
+    if not frames:
         return None
-    want = same_settings(job.config_yaml)
-    hits = df[(df["status"] == "ok") & (df["device_name"] == base["device_name"])]
-    hits = hits[[same_settings(c) == want for c in hits["config"]]]
+    df = pd.concat(frames, ignore_index=True)
+    hits = df[(df["status"] == "ok") & (df["device_name"] == base["device_name"]) & (df["case"] == base["case"])]
+    if job.cfg.resume == "trusted":
+        hits = hits[~flagged_mask(hits)]
     if hits.empty:
         return None
     hit = hits.sort_values("timestamp", ascending=False).iloc[0]
-    names = set(record_fields())
     print(f"[resume] ok row for this case already in {hit['job_dir']}: not measured again", flush=True)
-    return Record(**{k: v for k, v in hit.to_dict().items() if k in names})
+    return Record(**{k: v for k, v in hit.to_dict().items() if k != "job_dir"})
 
 
 # -- skip cases that cannot fit -------------------------------------------

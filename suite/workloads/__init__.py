@@ -1,11 +1,9 @@
-"""Workloads, registered like attentions: ``op``, ``layer``, ``model``, ``train_proxy``.
-
-Adding a workload means one module here with ``@register_workload`` (imported
-below) and one ``conf/workload/<name>.yaml``.
-"""
-from . import layer, model, op, train_proxy  # noqa: F401  (registration)
-from .base import Built, Case, Column, Measured, Workload
+"""Workloads, registered like attentions: each is one module here (or anywhere
+importable, named by its YAML) and one ``conf/workload/<name>.yaml``.
+``list_workloads()`` finds the ones shipped here; ``get_workload(name)``
+imports a workload's module when it is first asked for."""
+from .base import Built, Case, Column, Measured, Workload, WorkloadSettings
 from .registry import get_workload, list_workloads, register_workload
 
-__all__ = ["Built", "Case", "Column", "Measured", "Workload", "get_workload", "list_workloads",
+__all__ = ["Built", "Case", "Column", "Measured", "Workload", "WorkloadSettings", "get_workload", "list_workloads",
            "register_workload"]

@@ -1,5 +1,11 @@
-"""What a workload is: it describes a case, says why it cannot run, builds its
-inputs and the zero-argument callable, and adds its own measurements.
+"""What a workload is: one module (a ``Workload`` subclass with
+``@register_workload``) and one ``conf/workload/<name>.yaml``. It owns its
+settings (the ``workload`` config node, typed by its ``Settings`` dataclass,
+and any top-level group it reads, typed by ``groups``), its row columns
+(``columns``), its summary columns, its directions, its run-folder name, its
+one-line sweep report and its figures' facets. It describes a case, says why
+it cannot run, builds its inputs and the zero-argument callable, and adds its
+own measurements.
 
 The job pipeline (``suite/job.py``) calls these steps in order for every
 workload; the shared timing step (``Workload.measure``) times ``Built.fn``.
@@ -7,16 +13,27 @@ workload; the shared timing step (``Workload.measure``) times ``Built.fn``.
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar
 
 import torch
 
 from ..conditions import Limits, judged
-from ..config import Job
+from ..config import DIRECTIONS, Job, RunConfig, setting
 from ..device import Nvml, Precision
 from ..measure import peak_memory, sdpa_kernels, time_fn
-from ..records import first_line
+from ..records import Col, first_line
+
+
+@dataclass
+class WorkloadSettings:
+    """The ``workload`` config node every workload's ``Settings`` extends."""
+
+    name: str = setting("layer", "the workload (conf/workload/): one registered in suite/workloads/ or given by "
+                                 "`module`")
+    module: str = setting("", "the Python module that registers this workload (empty: suite.workloads.<name>)",
+                          identity=False)
 
 
 @dataclass(frozen=True)
@@ -32,7 +49,7 @@ class Column:
 class Case:
     """A workload's description of one case, made before anything runs."""
 
-    identity: dict  # row columns that identify the case over the top-level settings (grid, dim, model...)
+    facts: dict  # row columns known before running: size (H, W px), grid, dim, heads, patch_size, model...
     data: Any  # what the later steps need (a module, a model plan...)
     notes: list = field(default_factory=list)  # facts for the row's reason (e.g. which weights were loaded)
 
@@ -58,24 +75,57 @@ class Measured:
 
 
 class Workload:
-    """Base class. Subclasses set ``name`` and ``summary``, and implement
-    ``describe`` and ``build``; the other steps have defaults."""
+    """Base class. Subclasses set ``name``, ``Settings``, ``columns`` and ``summary``,
+    and implement ``describe`` and ``build``; the other steps have defaults."""
 
     name: ClassVar[str] = ""
+    #: the ``workload`` node's schema (a dataclass extending WorkloadSettings)
+    Settings: ClassVar[type] = WorkloadSettings
+    #: top-level config groups this workload reads, with their schemas (e.g. {"model": ModelConfig})
+    groups: ClassVar[dict[str, type]] = {}
+    #: the columns its rows add to the core ones
+    columns: ClassVar[tuple[Col, ...]] = ()
     summary: ClassVar[tuple[Column, ...]] = ()
+    directions: ClassVar[tuple[str, ...]] = DIRECTIONS
+    #: the report draws one panel per combination of these columns' values
+    facets: ClassVar[tuple[str, ...]] = ("workload", "direction", "dtype")
     #: what ``extras`` measures, for the note when it fails
     extras_name: ClassVar[str] = "accuracy"
     #: True when the shared timing step times ``Built.fn`` and FLOPs are counted on it.
     timed: ClassVar[bool] = True
 
+    # -- settings and names ----------------------------------------------------
+    def check(self, cfg: RunConfig) -> None:
+        """Cross-setting rules the schema cannot say (BadInput); by default the direction."""
+        from ..config import BadInput
+
+        if cfg.direction not in self.directions:
+            raise BadInput(f"direction={cfg.direction} is not valid for workload={self.name}; valid: "
+                           f"{', '.join(self.directions)}")
+
+    def run_name(self, cfg: RunConfig) -> str:
+        """A single run's folder name (after the time stamp): what ran."""
+        parts = [self.name, str(cfg.attention.get("name")), str(cfg.resolution)]
+        return "_".join(parts + ([cfg.direction] if cfg.direction != "fwd" else []))
+
+    def line(self, row) -> str:
+        """A finished job in one short line (sweep progress): the case and its outcome."""
+        label = row.get("variant") or row.get("attention")
+        direction = f" {row.get('direction')}" if row.get("direction") not in ("fwd", None, "") else ""
+        head = f"{label} {self.name} {row.get('dtype')} {row.get('resolution')}px{direction}"
+        lat = row.get("latency_ms_p50")
+        if row.get("status") == "ok" and isinstance(lat, float) and math.isfinite(lat):
+            return f"{head}: {lat:.3g} ms"
+        return f"{head}: {row.get('status')}"
+
+    # -- the steps -------------------------------------------------------------
     def describe(self, job: Job) -> Case:
         """Validate the settings (BadInput naming the valid values) and describe the case."""
         raise NotImplementedError
 
-    def unavailable(self, case: Case, device: torch.device) -> list[str]:
-        return []
-
-    def unsupported(self, case: Case, job: Job, device: torch.device, precision: Precision) -> list[str]:
+    def reasons(self, case: Case, job: Job, device: torch.device, precision: Precision) -> list:
+        """Why this case cannot run here: ``attentions.Reason``-like (kind, text) pairs,
+        kinds ``unavailable`` and ``unsupported`` (``invalid`` is raised as BadInput in describe)."""
         return []
 
     def memory_estimate(self, case: Case, job: Job, precision: Precision) -> int | None:
@@ -141,6 +191,10 @@ class Workload:
         """Columns derived from the counted FLOPs (e.g. per image)."""
         return {}
 
+    def compulsory_bytes(self, row, itemsize: int) -> float:
+        """Bytes one call must move at least (for the roofline); NaN when not counted."""
+        return math.nan
+
 
 # -- helpers the workloads share -------------------------------------------------
 def autocast_context(device: torch.device, precision: Precision):
@@ -165,7 +219,6 @@ def inference(fn: Callable[[], torch.Tensor], device: torch.device, precision: P
     return call
 
 
-DIRECTIONS = ("fwd", "bwd", "fwd_bwd")
 
 
 @dataclass

@@ -9,13 +9,18 @@ from .registry import register_workload
 from .single import SingleAttention
 
 
-
 @register_workload
 class Layer(SingleAttention):
     name = "layer"
+    part = "layer"
 
     def inputs(self, module, batch, hw, device, precision, seed):
         return (seeded_randn((batch, hw[0] * hw[1], module.dim), seed + 1, device, precision.param_dtype),)
+
+    def compulsory_bytes(self, row, itemsize):
+        """Read x and the qkv / proj weights and biases once, write the output once."""
+        c = row["dim"]
+        return (2 * row["batch_size"] * row["tokens"] * c + 4 * c * c + 4 * c) * itemsize
 
     def forward(self, module, inputs, hw):
         return module(inputs[0], hw)

@@ -27,9 +27,11 @@ image, and:
   Fidelity that fails (e.g. out of memory) leaves its columns empty and says
   why in ``reason``; the speed columns are kept.
 
-The top-level ``dim``, ``heads`` and ``patch_size`` are ignored: the model
-defines them, and the row records the model's stage-1 values (and stage-1 grid
-and tokens); ``model_info`` has every stage.
+The model defines its widths, heads and patch size: the row records its
+stage-1 values (and stage-1 grid and tokens); ``model_info`` has every stage.
+Images may be non-square (``resolution=512x2048``): every stage grid must be
+whole (each side a multiple of the patch size times 2 per merge), and each
+attention says whether its windows fit its stage grid.
 """
 from __future__ import annotations
 
@@ -41,22 +43,47 @@ import statistics
 import torch
 
 from ..accuracy import cos_sim, exact_layer_fp64, rel_err
-from ..config import BadInput, Job, ModelConfig, RunConfig, attention_options, check_positive
+from ..config import BadInput, Job, RunConfig, attention_options, parse_resolution
 from ..measure import time_fn
 from ..models import (
     Backbone, IdentityMixer, ModelPlan, ValueOnly, blocks_of, build_model, check_plan, count_params, exact_twin,
     model_info, plan_model, replace_attention, stride_of, valid_resolutions,
 )
+from ..models.config import ModelConfig
 from ..models.weights import RULES, load_timm_weights, read_state_dict
-from ..records import failure, first_line
+from ..records import Col, failure, first_line
 from .base import Built, Case, Column, Workload, directed, seeded_randn
 from .registry import register_workload
 
 SUMMARY = (
-    Column("model", "model", ""), Column("attention", "variant", ""), Column("res", "resolution", "d"),
+    Column("model", "model", ""), Column("attention", "variant", ""), Column("res", "resolution", ""),
     Column("status", "outcome", ""),
     Column("img/s", "throughput_per_s", ".1f"), Column("attn share", "attn_latency_share", ".2f"),
     Column("feat cos", "fidelity_feat_cos", ".3f"),
+)
+# Columns this workload and train_proxy (which builds the same backbones) add to the core ones.
+BACKBONE_COLUMNS = (
+    Col("model", "", "the conf/model/ name"),
+    Col("model_weights", "", "the state dict loaded (model.weights); empty: random init"),
+    Col("params", 0, "parameters"),
+    Col("stage_attentions", "", "attention per stage, '|'-joined"),
+    Col("model_info", "", "JSON: per-stage dim/heads/grid/options, position embedding, fallbacks"),
+)
+COLUMNS = BACKBONE_COLUMNS + (
+    Col("flops_per_image_analytic", doc="FLOPs (2 per multiply-add); the papers' GFLOPs are MACs: /2"),
+    Col("flops_per_image_counted"),
+    Col("attn_flops_per_image_analytic", doc="the attention layers' part (qkv, core, LePE, proj)"),
+    Col("latency_ms_p50_attn_identity", doc="attention layers -> identity on (B, N, C)"),
+    Col("attn_latency_share", doc="1 - that / latency_ms_p50"),
+    Col("attn_core_latency_share", doc="attention core -> v (qkv, proj kept)"),
+    Col("fidelity_images", 0),
+    Col("fidelity_feat_rel_err", doc="vs the same weights with exact attention everywhere"),
+    Col("fidelity_feat_cos"),
+    Col("fidelity_top1_agree", doc="random 1000-class head"),
+    Col("fidelity_layer_rel_err_mean", doc="each layer vs exact attention on its own input"),
+    Col("fidelity_layer_rel_err_max"),
+    Col("fidelity_layer_cos_min"),
+    Col("fidelity_layers", "", "JSON list of {stage, block, rel_err, cos}"),
 )
 
 
@@ -72,24 +99,23 @@ def _resolution_list(mc: ModelConfig, name: str, opts: dict, upto: int, asked: i
     return shown + (f", ... ({len(valid) - 16} more)" if len(valid) > 16 else "")
 
 
-def resolve_plan(mc: ModelConfig, name: str, opts: dict, resolution: int) -> ModelPlan:
+def resolve_plan(mc: ModelConfig, name: str, opts: dict, size: tuple[int, int]) -> ModelPlan:
     """The plan, or BadInput naming the valid resolutions when the resolution is the problem."""
+    size = (size, size) if isinstance(size, int) else tuple(size)
     try:
-        plan = plan_model(mc, name, opts, resolution)
+        plan = plan_model(mc, name, opts, size)
         check_plan(plan)
         return plan
     except ValueError as e:
-        upto = max(4 * resolution, 4 * stride_of(mc)) if mc.patch_size > 0 and mc.depths else 0
+        side = max(size)
+        upto = max(4 * side, 4 * stride_of(mc)) if mc.patch_size > 0 and mc.depths else 0
         try:
-            valid = _resolution_list(mc, name, opts, upto, resolution) if upto else ""
+            valid = _resolution_list(mc, name, opts, upto, side) if upto and size[0] == size[1] else ""
         except ValueError:
             valid = ""
         if not valid:
             raise BadInput(f"model={mc.name} attention={name}: {e}") from None
-        raise BadInput(
-            f"model={mc.name} attention={name} cannot take resolution={resolution}: {e}; "
-            f"valid resolutions up to {upto}: {valid}"
-        ) from None
+        raise BadInput(f"model={mc.name} attention={name}: {e}; valid resolutions up to {upto}: {valid}") from None
 
 
 def load_weights(model: Backbone, mc: ModelConfig) -> str:
@@ -109,22 +135,25 @@ def load_weights(model: Backbone, mc: ModelConfig) -> str:
     return loaded.note(mc.weights)
 
 
-def model_identity(plan: ModelPlan, mc: ModelConfig) -> dict:
-    """The row's identifying columns: the model's own stage-1 grid, width and
-    heads (the top-level dim, heads and patch_size do not apply to a model)."""
+def model_facts(plan: ModelPlan, mc: ModelConfig) -> dict:
+    """The row's columns known before running: the image size, the model's own
+    stage-1 grid, width and heads, its name and stages."""
     s0 = plan.stages[0]
-    return dict(grid=s0.grid, patch_size=plan.patch_size, dim=s0.dim, heads=s0.heads, model=mc.name,
-                stage_attentions=plan.stage_attentions(), model_info=json.dumps(model_info(plan), sort_keys=True))
+    return dict(size=plan.size, grid=s0.grid, patch_size=plan.patch_size, dim=s0.dim, heads=s0.heads,
+                model=mc.name, stage_attentions=plan.stage_attentions(),
+                model_info=json.dumps(model_info(plan), sort_keys=True))
 
 
-def stage_reasons(model: Backbone, ask) -> list[str]:
-    """``ask(attention, stage plan)`` for every block, each reason once, labelled with its stage."""
+def stage_reasons(model: Backbone, device, dtype, batch: int) -> list:
+    """Every block's attention asked whether it can run here, each answer once, labelled with its stage."""
+    from attentions import Reason
+
     seen, reasons = set(), []
     for sp, _, blk in blocks_of(model):
-        for r in ask(blk.attn, sp):
-            if r not in seen:
-                seen.add(r)
-                reasons.append(f"stage {sp.number}: {r}")
+        for r in blk.attn.reasons(hw=sp.grid, device=device, dtype=dtype, batch=batch):
+            if r.kind != "invalid" and (r.kind, r.text) not in seen:
+                seen.add((r.kind, r.text))
+                reasons.append(Reason(r.kind, f"stage {sp.number}: {r.text}"))
     return reasons
 
 
@@ -160,8 +189,9 @@ def latency_shares(model: Backbone, fn, device, cfg: RunConfig, rounds: int = 3)
                 attn_core_latency_share=1.0 - med["value_only"] / med["full"])
 
 
-def fidelity(model: Backbone, mc: ModelConfig, resolution: int, device, seed: int) -> dict:
+def fidelity(model: Backbone, mc: ModelConfig, size: tuple[int, int], device, seed: int) -> dict:
     """Model vs the same weights with exact attention (module docstring). Leaves ``model`` in float32."""
+    size = (size, size) if isinstance(size, int) else tuple(size)
     model.float().eval()
     exact = replace_attention(copy.deepcopy(model), exact_twin).eval()
     n = mc.fidelity_images
@@ -176,7 +206,7 @@ def fidelity(model: Backbone, mc: ModelConfig, resolution: int, device, seed: in
     try:
         with torch.no_grad():
             for i in range(0, n, 8):
-                imgs = seeded_randn((min(8, n - i), 3, resolution, resolution), seed + 1000 + i, device, torch.float32)
+                imgs = seeded_randn((min(8, n - i), 3, *size), seed + 1000 + i, device, torch.float32)
                 feats.append(model.forward_features(imgs))
                 feats_exact.append(exact.forward_features(imgs))
     finally:
@@ -210,36 +240,41 @@ def fidelity(model: Backbone, mc: ModelConfig, resolution: int, device, seed: in
 @register_workload
 class Model(Workload):
     name = "model"
+    groups = {"model": ModelConfig}
+    columns = COLUMNS
     summary = SUMMARY
+    facets = ("workload", "model", "direction", "dtype")
     extras_name = "attention share and fidelity"
+
+    def run_name(self, cfg):
+        return "_".join([str(cfg.model.name), str(cfg.attention.get("name")), str(cfg.resolution)]
+                        + ([cfg.direction] if cfg.direction != "fwd" else []))
+
+    def line(self, row):
+        return f"{row.get('model')}: " + super().line(row)
 
     def describe(self, job: Job) -> Case:
         mc = job.cfg.model
-        check_positive(job.cfg, ("batch_size",))
-        check_positive(mc, ("fidelity_images",), prefix="model.")
-        plan = resolve_plan(mc, job.cfg.attention.get("name"), attention_options(job.cfg), job.cfg.resolution)
+        size = parse_resolution(job.cfg.resolution)
+        plan = resolve_plan(mc, job.cfg.attention.get("name"), attention_options(job.cfg), size)
         torch.manual_seed(job.cfg.seed)
         model, notes = build_model(plan), []
         if mc.weights:
             notes.append(load_weights(model, mc))
-        return Case(model_identity(plan, mc) | {"model_weights": mc.weights}, model, notes)
+        return Case(model_facts(plan, mc) | {"model_weights": mc.weights}, model, notes)
 
-    def unavailable(self, case, device):
-        return sorted({r for _, _, blk in blocks_of(case.data) for r in blk.attn.unavailable_reasons(device)})
-
-    def unsupported(self, case, job, device, precision):
-        return stage_reasons(case.data, lambda attn, sp: attn.unsupported_reasons(
-            device=device, dtype=precision.compute_dtype, hw=sp.grid, batch=job.cfg.batch_size))
+    def reasons(self, case, job, device, precision):
+        return stage_reasons(case.data, device, precision.compute_dtype, job.cfg.batch_size)
 
     def build(self, case, job, device, precision):
-        model, batch, res, direction = case.data, job.cfg.batch_size, job.cfg.resolution, job.cfg.direction
+        model, batch, direction = case.data, job.cfg.batch_size, job.cfg.direction
         fl = model.flops(batch)
         flops = {"fwd": fl["total"], "bwd": model.backward_flops(batch)}
         flops["fwd_bwd"] = flops["fwd"] + flops["bwd"]
         facts = dict(params=count_params(model), flops_per_image_analytic=flops[direction] / batch,
                      attn_flops_per_image_analytic=fl["attention"] / batch)
         model.to(device=device, dtype=precision.param_dtype).eval()
-        images = seeded_randn((batch, 3, res, res), job.cfg.seed + 1, device, precision.param_dtype)
+        images = seeded_randn((batch, 3, *case.facts["size"]), job.cfg.seed + 1, device, precision.param_dtype)
         d = directed(lambda: model(images), list(model.parameters()), direction, device, precision, job.cfg.seed)
         facts["saved_mib"] = d.saved_mib
         return Built(d.fn, (images,), float(flops[direction]), batch, facts, grad_out=d.grad_out)
@@ -253,7 +288,7 @@ class Model(Workload):
             notes.append("attention share measured for direction=fwd only")
         if mc.fidelity and cfg.accuracy:
             try:
-                m.update(fidelity(model, mc, cfg.resolution, device, cfg.seed))
+                m.update(fidelity(model, mc, case.facts["size"], device, cfg.seed))
             except Exception as e:  # noqa: BLE001 - keep the speed measured above; say why fidelity is empty
                 if device.type == "cuda":
                     torch.cuda.empty_cache()

@@ -8,8 +8,6 @@ fwd_bwd the backward computes dq, dk and dv.
 """
 from __future__ import annotations
 
-import torch
-
 from .. import accuracy as acc
 from .base import seeded_randn
 from .registry import register_workload
@@ -19,11 +17,16 @@ from .single import SingleAttention
 @register_workload
 class Op(SingleAttention):
     name = "op"
+    part = "attend"
 
     def inputs(self, module, batch, hw, device, precision, seed):
         shape = (batch, module.num_heads, hw[0] * hw[1], module.head_dim)
         dtype = precision.compute_dtype if precision.autocast else precision.param_dtype
         return tuple(seeded_randn(shape, seed + 1 + i, device, dtype) for i in range(3))
+
+    def compulsory_bytes(self, row, itemsize):
+        """Read q, k and v once, write the output once."""
+        return 4 * row["batch_size"] * row["tokens"] * row["dim"] * itemsize
 
     def forward(self, module, inputs, hw):
         q, k, v = inputs

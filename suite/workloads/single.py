@@ -1,67 +1,89 @@
-"""What ``op`` and ``layer`` share: one attention module of ``dim`` channels
-and ``heads`` heads on the token grid of ``resolution / patch_size``."""
+"""What ``op`` and ``layer`` share: one attention module of ``workload.dim``
+channels and ``workload.heads`` heads on the token grid of the image
+(``resolution`` / ``workload.patch_size``, square or not)."""
 from __future__ import annotations
 
 import copy
 import json
+from dataclasses import dataclass
 
 import torch
 
 import attentions
 
 from .. import accuracy as acc
-from ..config import BadInput, Job, attention_options, check_positive, grid_of
+from ..config import BadInput, Job, attention_options, grid_of, parse_resolution, setting
 from ..device import Precision, available_bytes
-from .base import Built, Case, Column, Workload, autocast_context, directed, inference
+from ..records import Col
+from .base import Built, Case, Column, Workload, WorkloadSettings, autocast_context, directed, inference
 
 SUMMARY = (
-    Column("attention", "variant", ""), Column("res", "resolution", "d"),
+    Column("attention", "variant", ""), Column("res", "resolution", ""), Column("dir", "direction", ""),
     Column("status", "outcome", ""), Column("p50 ms", "latency_ms_p50", ".3f"),
     Column("spread%", "spread", ".0f"), Column("MiB", "peak_mem_mib", ".1f"),
-    Column("err/fp64", "rel_err_vs_fp64", ".1e"),
+    Column("err/fp64", "error_vs_fp64", ".1e"),
 )
+COLUMNS = (
+    Col("rel_err_vs_exact", doc="output vs float64 exact attention (same weights), batch item 0"),
+    Col("rel_err_vs_fp64", doc="output vs the same attention in float64"),
+    Col("cos_sim_vs_exact", doc="cosine similarity of the output with exact attention's"),
+    Col("grad_rel_err_vs_fp64", doc="bwd / fwd_bwd: the largest gradient error vs float64 (grad_errors)"),
+    Col("grad_rel_err_vs_exact", doc="exact attentions: gradients vs float64 exact attention's"),
+    Col("grad_errors", "", "JSON: each gradient's relative errors"),
+)
+
+
+@dataclass
+class SingleSettings(WorkloadSettings):
+    dim: int = setting(768, "channels of the attention layer (ViT-B/16: 768)", ge=1)
+    heads: int = setting(12, "heads of the attention layer", ge=1)
+    patch_size: int = setting(16, "the token grid is the image size / patch_size", ge=1)
 
 
 def build_attention(job: Job, hw: tuple[int, int]) -> attentions.Attention:
     """The configured attention for grid ``hw``, or BadInput naming the valid choices."""
-    cfg = job.cfg
+    cfg, wl = job.cfg, job.cfg.workload
     try:
-        module = attentions.create_attention(cfg.attention.get("name"), cfg.dim, cfg.heads, **attention_options(cfg))
-        module.check_grid(hw)
+        module = attentions.create_attention(cfg.attention.get("name"), wl.dim, wl.heads, **attention_options(cfg))
     except (ValueError, TypeError) as e:
         raise BadInput(str(e)) from None
+    invalid = [r.text for r in module.reasons(hw=hw) if r.kind == "invalid"]
+    if invalid:
+        raise BadInput(invalid[0])
     return module
 
 
 class SingleAttention(Workload):
-    """Base of ``op`` and ``layer``: subclasses define ``inputs`` and ``call``."""
+    """Base of ``op`` and ``layer``: subclasses define ``inputs``, ``forward`` and ``leaves``."""
 
+    Settings = SingleSettings
+    columns = COLUMNS
     summary = SUMMARY
+    part = "layer"  # what the attention's FLOP and memory answers cover: "attend" (op) or "layer"
 
     def describe(self, job: Job) -> Case:
-        check_positive(job.cfg, ("batch_size", "dim", "heads"))
-        hw = grid_of(job.cfg.resolution, job.cfg.patch_size)
+        wl = job.cfg.workload
+        size = parse_resolution(job.cfg.resolution)
+        hw = grid_of(size, wl.patch_size)
         torch.manual_seed(job.cfg.seed)  # the weights too: a rerun measures the same module
-        return Case({"grid": hw}, build_attention(job, hw))
+        facts = {"size": size, "grid": hw, "dim": wl.dim, "heads": wl.heads, "patch_size": wl.patch_size}
+        return Case(facts, build_attention(job, hw))
 
-    def unavailable(self, case, device):
-        return case.data.unavailable_reasons(device)
-
-    def unsupported(self, case, job, device, precision):
-        return case.data.unsupported_reasons(device=device, dtype=precision.compute_dtype, hw=case.identity["grid"],
-                                             batch=job.cfg.batch_size)
+    def reasons(self, case, job, device, precision):
+        return [r for r in case.data.reasons(hw=case.facts["grid"], device=device, dtype=precision.compute_dtype,
+                                              batch=job.cfg.batch_size) if r.kind != "invalid"]
 
     def memory_estimate(self, case, job, precision):
         itemsize = torch.empty((), dtype=precision.compute_dtype).element_size()
-        return case.data.memory_estimate(job.cfg.batch_size, case.identity["grid"], itemsize, self.name)
+        return case.data.memory_estimate(job.cfg.batch_size, case.facts["grid"], itemsize, self.part)
 
     def build(self, case, job, device, precision):
-        module, hw, cfg = case.data, case.identity["grid"], job.cfg
+        module, hw, cfg = case.data, case.facts["grid"], job.cfg
         module.to(device=device, dtype=precision.param_dtype).eval()
         torch.manual_seed(cfg.seed)
         inputs = self.inputs(module, cfg.batch_size, hw, device, precision, cfg.seed)
-        flops = {"fwd": module.flops(cfg.batch_size, hw, self.name),
-                 "bwd": module.backward_flops(cfg.batch_size, hw, self.name)}
+        flops = {"fwd": module.flops(cfg.batch_size, hw, self.part),
+                 "bwd": module.backward_flops(cfg.batch_size, hw, self.part)}
         flops["fwd_bwd"] = flops["fwd"] + flops["bwd"]
         if cfg.direction == "fwd":
             fn = self.callable(module, inputs, hw, device, precision)
@@ -89,7 +111,7 @@ class SingleAttention(Workload):
         return inference(lambda: self.forward(module, inputs, hw), device, precision)
 
     def extras(self, case, built, out, job, device):
-        cfg, hw = job.cfg, case.identity["grid"]
+        cfg, hw = job.cfg, case.facts["grid"]
         if not cfg.accuracy:
             return {}, []
         if hw[0] * hw[1] > cfg.accuracy_max_tokens:
@@ -97,7 +119,7 @@ class SingleAttention(Workload):
         if cfg.direction != "fwd":
             return self.gradient_accuracy(case.data, built, hw, self.precision_of(job, device))
         # The module's own float64 copy is as big as the module's call (8 bytes per element).
-        need = case.data.memory_estimate(1, hw, 8, self.name)
+        need = case.data.memory_estimate(1, hw, 8, self.part)
         have = available_bytes(device)[0]
         own, notes = True, []
         if have and need > 0.8 * have:
@@ -110,12 +132,12 @@ class SingleAttention(Workload):
 
     def accuracy(self, module, out, inputs, hw, own: bool) -> acc.Accuracy:
         try:
-            return acc.accuracy(module, out, inputs, hw, self.name, own)
-        except attentions.Unsupported:
-            # The float64 copy cannot run on this device (e.g. an SDPA backend
-            # pinned to fp16 kernels): evaluate the references on the CPU.
-            cpu_inputs = tuple(t.cpu() for t in inputs)
-            return acc.accuracy(copy.deepcopy(module).cpu(), out.cpu(), cpu_inputs, hw, self.name, own)
+            return acc.accuracy(module, out, inputs, hw, self.part, own)
+        except Exception as e:  # noqa: BLE001 - the float64 copy cannot run on this device
+            if not attentions.failure_kind(e):
+                raise
+            cpu_inputs = tuple(t.cpu() for t in inputs)  # evaluate the references on the CPU
+            return acc.accuracy(copy.deepcopy(module).cpu(), out.cpu(), cpu_inputs, hw, self.part, own)
 
     def run_info(self, case):
         return case.data.run_info()

@@ -11,9 +11,8 @@ order, so two attentions see the same data in the same order.
 The model is the configured one (``model=vit_t`` ...) with the proxy's
 overrides: ``proxy.max_blocks`` (blocks per stage, at most) and, for images,
 ``proxy.patch_size`` (the stem stride; vit_t keeps 192 wide / 3 heads). The
-top-level ``resolution``, ``batch_size``, ``dim``, ``heads`` and ``patch_size``
-are not used: ``proxy.image_size`` / ``proxy.seq_len`` and ``proxy.batch_size``
-are. ListOps replaces the image stem with a token embedding plus a learnt
+top-level ``resolution`` and ``batch_size`` are not used: ``proxy.image_size``
+/ ``proxy.seq_len`` and ``proxy.batch_size`` are. ListOps replaces the image stem with a token embedding plus a learnt
 position embedding on the sqrt(seq_len) x sqrt(seq_len) grid (patch 1).
 
 Precision: weights stay float32; ``amp`` / ``fp16`` / ``bf16`` (and ``auto`` on
@@ -26,27 +25,66 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from dataclasses import dataclass
+from typing import Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from ..conditions import Limits, judged
-from ..config import (
-    PROXY_TASKS, BadInput, Job, ModelConfig, ProxyConfig, attention_options, check_choice, check_positive,
-)
+from ..config import BadInput, Job, attention_options, setting
 from ..device import Nvml, Precision
 from ..measure import Timing
 from ..models import Backbone, ModelPlan, TokenStem, build_model, count_params
+from ..models.config import ModelConfig
+from ..records import Col
 from . import proxy_data
 from .base import Built, Case, Column, Measured, Workload
-from .model import model_identity, resolve_plan, stage_reasons
+from .model import BACKBONE_COLUMNS, model_facts, resolve_plan, stage_reasons
 from .registry import register_workload
+
+PROXY_TASKS = ("match", "pathfinder", "listops")
+
+
+@dataclass
+class ProxyConfig:
+    """Group ``proxy``: the generated task of this workload."""
+
+    task: str = setting("match", "match, pathfinder or listops (generated data)", choices=PROXY_TASKS)
+    patch_size: Optional[int] = setting(4, "image tasks: the stem stride (null keeps the model's)", ge=1)
+    max_blocks: Optional[int] = setting(2, "blocks per stage, at most (null keeps the model's depths)", ge=1)
+    image_size: int = setting(32, "match / pathfinder: image side in pixels", ge=1)
+    seq_len: int = setting(64, "listops: padded length, on a sqrt x sqrt grid (a square number)", ge=1)
+    max_depth: int = setting(3, "listops: nesting depth limit", ge=1)
+    max_args: int = setting(5, "listops: operands per operator, at most", ge=1)
+    train_size: int = setting(6000, "training examples", ge=1)
+    test_size: int = setting(1000, "held-out examples", ge=1)
+    steps: int = setting(200, "training steps", ge=1)
+    batch_size: int = setting(32, "training batch", ge=1)
+    lr: float = setting(1e-3, "AdamW peak learning rate", gt=0)
+    weight_decay: float = setting(0.05, "AdamW weight decay (not on biases, norms, position embedding)", ge=0)
+    warmup_steps: int = setting(30, "linear warmup steps, then cosine decay to 0", ge=0)
+    grad_clip: float = setting(1.0, "gradient-norm clip", ge=0)
+    eval_batch_size: int = setting(250, "evaluation batch", ge=1)
+
+
+COLUMNS = BACKBONE_COLUMNS + (
+    Col("flops_per_image_analytic", doc="one forward per sample"),
+    Col("attn_flops_per_image_analytic"),
+    Col("proxy_task", "", "match, pathfinder, listops"),
+    Col("proxy_steps", 0),
+    Col("proxy_top1", doc="held-out split"),
+    Col("proxy_train_loss", doc="mean over the last 10% of steps"),
+    Col("proxy_steps_per_s"),
+    Col("proxy_wall_s", doc="the whole job: data, training, evaluation"),
+    Col("proxy_eval_items", 0),
+)
 
 TRAIN_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 SUMMARY = (
     Column("model", "model", ""), Column("attention", "variant", ""), Column("task", "proxy_task", ""),
-    Column("res/seq", "resolution", "d"), Column("status", "outcome", ""),
+    Column("res/seq", "resolution", ""), Column("status", "outcome", ""),
     Column("steps/s", "proxy_steps_per_s", ".2f"), Column("loss", "proxy_train_loss", ".3f"),
     Column("top-1", "proxy_top1", ".3f"),
 )
@@ -64,11 +102,7 @@ def train_precision(name: str, device: torch.device) -> tuple[str, torch.dtype |
 
 
 def validate(pc: ProxyConfig) -> None:
-    check_choice("proxy.task", pc.task, PROXY_TASKS)
-    check_positive(pc, ("steps", "batch_size", "train_size", "test_size", "eval_batch_size", "lr"), prefix="proxy.")
-    check_positive(pc, ("weight_decay", "warmup_steps", "grad_clip"), prefix="proxy.", allow_zero=True)
-    if pc.max_blocks is not None and pc.max_blocks < 1:
-        raise BadInput(f"proxy.max_blocks={pc.max_blocks} must be a positive integer (or null: the model's depths)")
+    """What the schema's per-field rules cannot say."""
     smallest = {"pathfinder": 16, "match": 24}.get(pc.task, 0)
     if pc.image_size < smallest:
         raise BadInput(f"proxy.image_size={pc.image_size} is too small for {pc.task}; valid: {smallest} or more")
@@ -204,38 +238,50 @@ def train_and_eval(model: Backbone, data, pc: ProxyConfig, device, amp_dtype, se
 @register_workload
 class TrainProxy(Workload):
     name = "train_proxy"
+    groups = {"model": ModelConfig, "proxy": ProxyConfig}
+    columns = COLUMNS
     summary = SUMMARY
+    directions = ("fwd",)  # it always trains: forward, backward and update in every step
+    facets = ("workload", "proxy_task", "dtype")
     timed = False
+
+    def check(self, cfg):
+        if cfg.direction != "fwd":
+            raise BadInput(f"direction={cfg.direction} applies to the timed workloads; workload={self.name} "
+                           f"always trains (forward, backward and update)")
+        validate(cfg.proxy)
+
+    def run_name(self, cfg):
+        return f"{self.name}_{cfg.proxy.task}_{cfg.model.name}_{cfg.attention.get('name')}"
+
+    def line(self, row):
+        top1 = row.get("proxy_top1")
+        head = f"{row.get('variant') or row.get('attention')} {row.get('model')} {row.get('proxy_task')}"
+        if row.get("status") == "ok" and isinstance(top1, float) and math.isfinite(top1):
+            return f"{head}: top-1 {top1:.3f}"
+        return f"{head}: {row.get('status')}"
 
     def describe(self, job: Job) -> Case:
         mc, pc = job.cfg.model, job.cfg.proxy
-        validate(pc)
         pmc, side = proxy_model_config(mc, pc)
         name = job.cfg.attention.get("name")
         try:
-            plan = resolve_plan(pmc, name, attention_options(job.cfg), side)
+            plan = resolve_plan(pmc, name, attention_options(job.cfg), (side, side))
         except BadInput as e:
             what = f"listops seq_len={pc.seq_len} ({side}x{side} grid)" if pc.task == "listops" \
                 else f"{pc.task} image_size={pc.image_size}, proxy.patch_size={pmc.patch_size}"
             raise BadInput(f"{what}: {e}") from None
-        identity = model_identity(plan, pmc) | dict(
-            resolution=pc.seq_len if pc.task == "listops" else pc.image_size, batch_size=pc.batch_size,
-            proxy_task=pc.task)
+        size = (pc.seq_len, pc.seq_len) if pc.task == "listops" else (pc.image_size, pc.image_size)
+        facts = model_facts(plan, pmc) | dict(size=size, batch_size=pc.batch_size, proxy_task=pc.task)
         torch.manual_seed(job.cfg.seed)
-        return Case(identity, build_proxy_model(plan, pc, side))
+        return Case(facts, build_proxy_model(plan, pc, side))
 
     def precision_of(self, job, device):
         name, amp = train_precision(job.cfg.precision.name, device)
         return Precision(name, torch.float32, amp or torch.float32, amp is not None)
 
-    def unavailable(self, case, device):
-        from .model import Model
-
-        return Model.unavailable(self, case, device)
-
-    def unsupported(self, case, job, device, precision):
-        return stage_reasons(case.data, lambda attn, sp: attn.unsupported_reasons(
-            device=device, dtype=precision.compute_dtype, hw=sp.grid, batch=job.cfg.proxy.batch_size))
+    def reasons(self, case, job, device, precision):
+        return stage_reasons(case.data, device, precision.compute_dtype, job.cfg.proxy.batch_size)
 
     def build(self, case, job, device, precision):
         started = time.perf_counter()

@@ -24,3 +24,17 @@ def bnhd_attention(q, k, v, scale):
     """What a fake kernel computes on (B, N, h, d) inputs."""
     assert q.dim() == 4
     return ref_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), scale).transpose(1, 2).to(q.dtype)
+
+
+# -- asking an attention whether a case can run (Attention.reasons), by kind ----------
+def reasons_of(m, kind: str, device=None, dtype=torch.float32, hw=(8, 8), batch=1) -> list[str]:
+    """The texts of ``m``'s reasons of ``kind`` for this case."""
+    dev = torch.device(device) if device is not None else None
+    return [r.text for r in m.reasons(hw=hw, device=dev, dtype=dtype, batch=batch) if r.kind == kind]
+
+
+def check_grid(m, hw) -> None:
+    """ValueError with the first ``invalid`` reason for grid ``hw`` (none: returns)."""
+    invalid = reasons_of(m, "invalid", hw=hw)
+    if invalid:
+        raise ValueError(invalid[0])

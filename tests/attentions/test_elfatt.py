@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 import attentions as A
+from refs import check_grid
 from attentions.elfatt import default_block_rows
 
 
@@ -120,7 +121,7 @@ def test_default_block_rows_examples():
 def test_bad_block_rows_names_divisors():
     m = A.create_attention("elfatt", 16, 2, block_rows=4)
     with pytest.raises(ValueError, match=r"block_rows=4 does not divide the grid height H=6; valid block_rows: \[1, 2, 3, 6\]"):
-        m.check_grid((6, 6))
+        check_grid(m, (6, 6))
 
 
 def test_bad_global_heads():
@@ -142,4 +143,4 @@ def test_flops_formula_matches_counter():
 
         with sdpa_kernel(SDPBackend.MATH):
             m.attend(q, k, v, hw)
-    assert fc.get_total_flops() == m.flops(2, hw, "op")
+    assert fc.get_total_flops() == m.flops(2, hw, "attend")

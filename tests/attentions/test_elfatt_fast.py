@@ -17,6 +17,7 @@ import pytest
 import torch
 
 import attentions as A
+from refs import reasons_of
 from attentions.kernels import elfatt_fast
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None
@@ -189,11 +190,11 @@ def test_amp_backward_matches_reference(interp):
 def test_fast_on_cpu_without_interpreter_is_unsupported(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     m = A.create_attention("elfatt", 32, 4, impl="fast")
-    reasons = m.unsupported_reasons(device=torch.device("cpu"), dtype=torch.float32, hw=(4, 4), batch=1)
+    reasons = reasons_of(m, "unsupported", device=torch.device("cpu"), dtype=torch.float32, hw=(4, 4), batch=1)
     assert reasons and "CUDA" in reasons[0]
     with pytest.raises(A.Unsupported, match="device is cpu"):
         m(torch.randn(1, 16, 32), (4, 4))
-    float64 = m.unsupported_reasons(device=torch.device("cuda"), dtype=torch.float64, hw=(4, 4), batch=1)
+    float64 = reasons_of(m, "unsupported", device=torch.device("cuda"), dtype=torch.float64, hw=(4, 4), batch=1)
     assert any("float64" in r for r in float64)
 
 

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import attentions as A
+from refs import reasons_of
 
 
 def softmax_attention(q, k, v):
@@ -70,7 +71,7 @@ def test_sdpa_impl_choices():
 
 def test_sdpa_reasons_on_cpu():
     m = A.create_attention("sdpa", 16, 2, impl="cudnn")
-    reasons = m.unsupported_reasons(device=torch.device("cpu"), dtype=torch.float32, hw=(4, 4), batch=1)
+    reasons = reasons_of(m, "unsupported", device=torch.device("cpu"), dtype=torch.float32, hw=(4, 4), batch=1)
     assert reasons and "needs CUDA" in reasons[0]
 
 

@@ -9,7 +9,7 @@ import torch
 
 import attentions as A
 from attentions import functional as X
-from refs import qkv, ref_attention
+from refs import qkv, reasons_of, ref_attention
 
 
 # -- FlexAttention -----------------------------------------------------------
@@ -42,7 +42,7 @@ def test_flex_module_forward_on_cpu_without_grad():
     m = A.create_attention("flex", 24, 3).double()
     q, k, v = qkv()
     torch.testing.assert_close(m.attend(q, k, v, (2, 5)), ref_attention(q, k, v), rtol=1e-12, atol=1e-12)
-    assert m.run_info()["kernel"].startswith("eager flex_attention")
+    assert m.run_info()["impl_ran"].startswith("eager flex_attention")
     with torch.no_grad():
         y = m(torch.randn(2, 10, 24, dtype=torch.float64), (2, 5))
     assert y.shape == (2, 10, 24)
@@ -50,7 +50,7 @@ def test_flex_module_forward_on_cpu_without_grad():
 
 def test_flex_cpu_forward_runs_and_backward_is_refused_with_torchs_reason():
     m = A.create_attention("flex", 24, 3)
-    reasons = m.unsupported_reasons(device=torch.device("cpu"), dtype=torch.float32, hw=(2, 5), batch=1)
+    reasons = reasons_of(m, "unsupported", device=torch.device("cpu"), dtype=torch.float32, hw=(2, 5), batch=1)
     if X.flex_cpu_backward_problem() is None:
         pytest.skip(f"torch {torch.__version__} has FlexAttention backward on CPU")
     assert reasons == []  # the forward pass, which the harness times, runs on CPU
@@ -60,7 +60,7 @@ def test_flex_cpu_forward_runs_and_backward_is_refused_with_torchs_reason():
     with torch.no_grad():
         assert m(torch.randn(1, 10, 24), (2, 5)).shape == (1, 10, 24)
     compiled = A.create_attention("flex", 24, 3, impl="compiled")
-    assert "compiled FlexAttention on CPU runs float32/float16/bfloat16, not torch.float64" in compiled.unsupported_reasons(
+    assert "compiled FlexAttention on CPU runs float32/float16/bfloat16, not torch.float64" in reasons_of(compiled, "unsupported", 
         device=torch.device("cpu"), dtype=torch.float64, hw=(2, 5), batch=1
     )
 
@@ -89,7 +89,7 @@ def test_flex_compiles_lazily_once(monkeypatch):
     m.attend(q, k, v, (8, 8))
     assert compiles == [flex_attention]
     torch.testing.assert_close(out, ref_attention(q, k, v), rtol=1e-12, atol=1e-12)
-    assert "cpu" in X.FLEX_COMPILE_S and m.run_info()["kernel"].startswith("torch.compile(flex_attention)")
+    assert "cpu" in X.FLEX_COMPILE_S and m.run_info()["impl_ran"].startswith("torch.compile(flex_attention)")
 
 
 def test_import_compiles_and_loads_nothing():
@@ -110,8 +110,8 @@ def test_flex_bad_impl():
 @pytest.mark.parametrize("name", ["flex"])
 def test_flops_are_exact_attention(name):
     m = A.create_attention(name, 24, 3)
-    assert m.flops(2, (2, 5), "op") == 4 * 2 * 3 * 10 * 10 * 8
-    assert A.create_attention(name, 24, 3, lepe=True).flops(2, (2, 5), "op") == 4 * 2 * 3 * 100 * 8 + 2 * 9 * 2 * 24 * 10
+    assert m.flops(2, (2, 5), "attend") == 4 * 2 * 3 * 10 * 10 * 8
+    assert A.create_attention(name, 24, 3, lepe=True).flops(2, (2, 5), "attend") == 4 * 2 * 3 * 100 * 8 + 2 * 9 * 2 * 24 * 10
 
 
 # -- on a GPU ------------------------------------------------------------
@@ -125,12 +125,12 @@ def check_on_gpu(name, dtype, **options):
     """An exact backend on CUDA against the float64 reference; a backend that
     cannot run here (package missing or broken, dtype) skips with its reason."""
     m = A.create_attention(name, 128, 4, **options).to("cuda", dtype)  # head_dim 32
-    reasons = m.unavailable_reasons(torch.device("cuda"))
-    reasons += m.unsupported_reasons(device=torch.device("cuda"), dtype=dtype, hw=(8, 12), batch=2)
+    reasons = reasons_of(m, "unavailable", torch.device("cuda"))
+    reasons += reasons_of(m, "unsupported", device=torch.device("cuda"), dtype=dtype, hw=(8, 12), batch=2)
     if reasons:
         pytest.skip("; ".join(reasons))
     q, k, v = qkv(B=2, h=4, N=96, d=32, dtype=torch.float32)
     out = m.attend(q.to("cuda", dtype), k.to("cuda", dtype), v.to("cuda", dtype), (8, 12))
     tol = 1e-5 if dtype == torch.float32 else 2e-2
     torch.testing.assert_close(out.double().cpu(), ref_attention(q, k, v), rtol=tol, atol=tol)
-    assert m.run_info()["kernel"]
+    assert m.run_info()["impl_ran"]

@@ -224,15 +224,15 @@ def test_flops_match_flop_counter(name, kw, hw):
     q, k, v = qkv(hw)
     with FlopCounterMode(display=False) as counter:
         m.attend(q, k, v, hw)
-    assert counter.get_total_flops() == m.flops(2, hw, "op")
+    assert counter.get_total_flops() == m.flops(2, hw, "attend")
 
 
 def test_flop_formulas():
     """The docstring formulas, written out (B=2, h=3, d=8, C=24, N=49)."""
     B, h, d, C, N = 2, 3, 8, 24, 49
     kern = B * h * (4 * N * d * d + 2 * N * d)
-    assert build("linear_elu").flops(B, (7, 7), "op") == kern
-    assert build("relu_linear").flops(B, (7, 7), "op") == kern
-    assert build("performer").flops(B, (7, 7), "op") == B * h * (8 * N * 256 * d + 2 * N * 256)
-    assert build("focused_linear").flops(B, (7, 7), "op") == kern + 2 * 25 * B * C * N
-    assert build("agent").flops(B, (7, 7), "op") == 8 * B * h * N * 49 * d + 18 * B * C * N
+    assert build("linear_elu").flops(B, (7, 7), "attend") == kern
+    assert build("relu_linear").flops(B, (7, 7), "attend") == kern
+    assert build("performer").flops(B, (7, 7), "attend") == B * h * (8 * N * 256 * d + 2 * N * 256)
+    assert build("focused_linear").flops(B, (7, 7), "attend") == kern + 2 * 25 * B * C * N
+    assert build("agent").flops(B, (7, 7), "attend") == 8 * B * h * N * 49 * d + 18 * B * C * N

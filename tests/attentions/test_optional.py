@@ -11,7 +11,7 @@ import torch
 import attentions as A
 from attentions import optional as X
 from attentions.packages import import_problem
-from refs import bnhd_attention, qkv, ref_attention
+from refs import bnhd_attention, qkv, reasons_of, ref_attention
 from test_flex import check_on_gpu
 
 
@@ -69,9 +69,9 @@ def fake_flash_module(calls, return_tuple=False):
 def test_flash_attn_unavailable_reports_why(monkeypatch):
     monkeypatch.setitem(sys.modules, "flash_attn", None)
     m = A.create_attention("flash_attn", 24, 3).double()
-    missing = m.unavailable_reasons(torch.device("cpu"))
+    missing = reasons_of(m, "unavailable", torch.device("cpu"))
     assert len(missing) == 1 and missing[0].startswith("flash_attn is not installed (ModuleNotFoundError:")
-    reasons = m.unsupported_reasons(device=torch.device("cpu"), dtype=torch.float16, hw=(2, 5), batch=2)
+    reasons = reasons_of(m, "unsupported", device=torch.device("cpu"), dtype=torch.float16, hw=(2, 5), batch=2)
     assert "flash-attn runs on CUDA only (device is cpu)" in reasons
     with pytest.raises(A.Unavailable, match="flash_attn is not installed"):
         m.attend(*qkv(), (2, 5))
@@ -91,7 +91,7 @@ def test_flash_attn_layout_and_scale(monkeypatch, impl, module, as_tuple):
     out = m.attend(q, k, v, (2, 5))
     torch.testing.assert_close(out, ref_attention(q, k, v), rtol=1e-12, atol=1e-12)
     assert calls == [{"shape": (2, 10, 3, 8), "scale": 8**-0.5, "causal": False, "dropout": 0.0}]
-    assert m.run_info() == {"kernel": f"{module} 0.0-fake: flash_attn_func ({impl})"}
+    assert m.run_info() == {"impl_ran": f"{module} 0.0-fake: flash_attn_func ({impl})"}
     x = torch.randn(2, 10, 24, dtype=torch.float64, requires_grad=True)  # the layer, with gradients
     m(x, (2, 5)).sum().backward()
     assert torch.isfinite(x.grad).all()
@@ -100,8 +100,8 @@ def test_flash_attn_layout_and_scale(monkeypatch, impl, module, as_tuple):
 def test_flash_attn_present_but_cpu_is_unsupported(monkeypatch):
     monkeypatch.setitem(sys.modules, "flash_attn", fake_flash_module([]))
     m = A.create_attention("flash_attn", 24, 3, impl="fa2")
-    assert m.unavailable_reasons(torch.device("cpu")) == []
-    assert m.unsupported_reasons(device=torch.device("cpu"), dtype=torch.float16, hw=(2, 5), batch=1) == [
+    assert reasons_of(m, "unavailable", torch.device("cpu")) == []
+    assert reasons_of(m, "unsupported", device=torch.device("cpu"), dtype=torch.float16, hw=(2, 5), batch=1) == [
         "flash-attn runs on CUDA only (device is cpu)"
     ]
     with pytest.raises(A.Unsupported, match="CUDA only") as e:
@@ -117,7 +117,7 @@ def test_flash_attn_bad_impl():
 def test_flash_attn_missing_fa4_names_its_package(monkeypatch):
     monkeypatch.setitem(sys.modules, "flash_attn", None)
     m = A.create_attention("flash_attn", 24, 3, impl="fa4")
-    (reason,) = m.unavailable_reasons(torch.device("cpu"))
+    (reason,) = reasons_of(m, "unavailable", torch.device("cpu"))
     assert "flash_attn is not installed" in reason and "impl=fa4 needs flash-attn-4" in reason
 
 
@@ -161,14 +161,14 @@ def test_xformers_layout_and_scale(monkeypatch):
     q, k, v = qkv()
     torch.testing.assert_close(m.attend(q, k, v, (2, 5)), ref_attention(q, k, v), rtol=1e-12, atol=1e-12)
     assert calls == [{"shape": (2, 10, 3, 8), "scale": 8**-0.5}]
-    assert "xformers 0.0.35" in m.run_info()["kernel"]
+    assert "xformers 0.0.35" in m.run_info()["impl_ran"]
 
 
 def test_xformers_without_cpp_ops_is_unavailable(monkeypatch):
     """The reference GPU box's case: 0.0.35 imports on another torch, finds no operator."""
     install_fake_xformers(monkeypatch, [], has_cpp=False)
     m = A.create_attention("xformers", 24, 3)
-    reasons = m.unavailable_reasons(torch.device("cuda"))
+    reasons = reasons_of(m, "unavailable", torch.device("cuda"))
     assert len(reasons) == 1
     assert reasons[0].startswith("xformers 0.0.35 imports but its C++ ops did not load")
     assert "PyTorch 2.10.0+cu128 with CUDA 1208 (you have 2.13.0+cpu)" in reasons[0]
@@ -188,9 +188,9 @@ def test_xformers_no_operator_is_unsupported(monkeypatch):
 def test_xformers_missing_and_cpu(monkeypatch):
     monkeypatch.setitem(sys.modules, "xformers", None)
     m = A.create_attention("xformers", 24, 3)
-    missing = m.unavailable_reasons(torch.device("cpu"))
+    missing = reasons_of(m, "unavailable", torch.device("cpu"))
     assert len(missing) == 1 and missing[0].startswith("xformers is not installed (ModuleNotFoundError:")
-    reasons = m.unsupported_reasons(device=torch.device("cpu"), dtype=torch.float64, hw=(2, 5), batch=1)
+    reasons = reasons_of(m, "unsupported", device=torch.device("cpu"), dtype=torch.float64, hw=(2, 5), batch=1)
     assert reasons == ["xformers memory_efficient_attention has CUDA operators only (device is cpu)"]
     assert X.xformers_case_reasons(torch.device("cuda"), torch.float64) == [
         "xformers memory_efficient_attention runs float16/bfloat16/float32, not torch.float64"
@@ -200,8 +200,8 @@ def test_xformers_missing_and_cpu(monkeypatch):
 @pytest.mark.parametrize("name", ["flash_attn", "xformers"])
 def test_flops_are_exact_attention(name):
     m = A.create_attention(name, 24, 3)
-    assert m.flops(2, (2, 5), "op") == 4 * 2 * 3 * 10 * 10 * 8
-    assert A.create_attention(name, 24, 3, lepe=True).flops(2, (2, 5), "op") == 4 * 2 * 3 * 100 * 8 + 2 * 9 * 2 * 24 * 10
+    assert m.flops(2, (2, 5), "attend") == 4 * 2 * 3 * 10 * 10 * 8
+    assert A.create_attention(name, 24, 3, lepe=True).flops(2, (2, 5), "attend") == 4 * 2 * 3 * 100 * 8 + 2 * 9 * 2 * 24 * 10
 
 
 # -- on a GPU: a missing or broken package skips with its reason ------------------

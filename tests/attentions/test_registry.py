@@ -1,4 +1,5 @@
 """Registry-driven: every registered attention gets these checks for free."""
+import inspect
 from pathlib import Path
 
 import pytest
@@ -6,6 +7,7 @@ import torch
 import yaml
 
 import attentions as A
+from refs import check_grid, reasons_of
 
 CONF = Path(__file__).resolve().parents[2] / "conf" / "attention"
 GRIDS = [(7, 7), (14, 7), (6, 4)]  # square, non-square both ways
@@ -18,13 +20,13 @@ def build(name, dim=32, heads=4, dtype=torch.float32, **kw):
 
 def runnable(m, hw, dtype=torch.float32):
     try:
-        m.check_grid(hw)
+        check_grid(m, hw)
     except ValueError as e:
         pytest.skip(f"{m.registry_name} rejects grid {hw}: {e}")
-    missing = m.unavailable_reasons(torch.device("cpu"))
+    missing = reasons_of(m, "unavailable", torch.device("cpu"))
     if missing:
         pytest.skip(f"{m.registry_name} unavailable here: {'; '.join(missing)}")
-    reasons = m.unsupported_reasons(device=torch.device("cpu"), dtype=dtype, hw=hw, batch=2)
+    reasons = reasons_of(m, "unsupported", device=torch.device("cpu"), dtype=dtype, hw=hw, batch=2)
     if reasons:
         pytest.skip(f"{m.registry_name} cannot run here: {'; '.join(reasons)}")
 
@@ -60,7 +62,7 @@ def test_module_interface(name):
     assert isinstance(m.proj, torch.nn.Linear) and (m.proj.in_features, m.proj.out_features) == (32, 32)
     assert m.qkv.bias is not None
     assert build(name, qkv_bias=False).qkv.bias is None
-    assert m.flops(2, (7, 7), "layer") > m.flops(2, (7, 7), "op") > 0
+    assert m.flops(2, (7, 7), "layer") > m.flops(2, (7, 7), "attend") > 0
 
 
 @pytest.mark.parametrize("name", A.list_attentions())
@@ -114,3 +116,27 @@ def test_readme_attention_table_matches_registry():
     from suite.docs import README, attention_table, readme_table
 
     assert readme_table(README.read_text()) == attention_table(), "run: python -m suite.docs --write"
+
+
+@pytest.mark.parametrize("name", A.list_attentions())
+def test_one_reasons_answer_and_what_ran(name):
+    """Every attention answers "can this case run?" once, in kinds the harness knows, and
+    says after a call which path ran (``impl_ran``); its counts take parts, not workloads."""
+    m = build(name)
+    for hw in GRIDS:
+        found = m.reasons(hw=hw, device=torch.device("cpu"), dtype=torch.float32, batch=2)
+        assert all(isinstance(r, A.Reason) and r.kind in A.REASON_KINDS and r.text for r in found)
+        assert [r for r in found if r.kind == "invalid"] == [r for r in m.reasons(hw=hw) if r.kind == "invalid"]
+    hw = next((g for g in GRIDS if not m.reasons(hw=g, device=torch.device("cpu"), dtype=torch.float32)), None)
+    if hw is None:
+        pytest.skip(f"{name} cannot run on any test grid here")
+    with torch.no_grad():
+        try:
+            m(torch.randn(1, hw[0] * hw[1], 32), hw)
+        except A.Unsupported as e:
+            pytest.skip(f"{name}: {e}")
+    assert isinstance(m.run_info().get("impl_ran"), str) and m.run_info()["impl_ran"]
+    with pytest.raises(ValueError, match="part="):
+        m.flops(1, hw, "op")
+    assert isinstance(type(m).whole_grid_options((7, 7)), dict)
+    assert "workload" not in str(inspect.signature(m.flops)) + str(inspect.signature(m.memory_estimate))

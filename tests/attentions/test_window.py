@@ -12,6 +12,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 import attentions as A
+from refs import check_grid, reasons_of
 from attentions.window import swin_window_shift
 
 F64 = torch.float64
@@ -72,7 +73,7 @@ def test_swin_equals_masked_attention(hw, window, shift):
     out = m.attend(q, k, v, hw)
     ref = masked_attention(q, k, v, swin_reference_mask(hw, w, s))
     torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
-    assert m.run_info() == {"window_effective": str(w), "shift_effective": str(s)}
+    assert m.run_info() == {"impl_ran": "torch", "window_effective": str(w), "shift_effective": str(s)}
 
 
 def test_swin_rule_small_grids():
@@ -155,9 +156,9 @@ def test_cswin_equals_masked_attention_plus_stripe_lepe(hw, stripe, heads, d):
 def test_cswin_bad_stripe_names_valid_ones():
     m = build("cswin", stripe=3)
     with pytest.raises(ValueError, match=r"stripe=3 .*\(H, W\)=\(6, 4\).*valid stripes for this grid: \[1, 2\]"):
-        m.check_grid((6, 4))
-    build("cswin").check_grid((7, 7))
-    build("cswin").check_grid((14, 7))
+        check_grid(m, (6, 4))
+    check_grid(build("cswin"), (7, 7))
+    check_grid(build("cswin"), (14, 7))
     with pytest.raises(ValueError, match="stripe=0"):
         build("cswin", stripe=0)
     with pytest.raises(ValueError, match="heads=1 .*head width >= 2"):
@@ -241,20 +242,20 @@ def test_neighborhood_flex_compiled_two_kernel_sizes_in_one_process():
 
 def test_compiled_cpu_flex_refuses_lengths_where_it_erred():
     m = build("neighborhood", kernel=5, impl="flex").float()
-    reasons = m.unsupported_reasons(device=torch.device("cpu"), dtype=torch.float32, hw=(9, 8), batch=1)
+    reasons = reasons_of(m, "unsupported", device=torch.device("cpu"), dtype=torch.float32, hw=(9, 8), batch=1)
     assert len(reasons) == 1 and "not multiples of 64 (N=72 here)" in reasons[0]
     q, k, v = qkv((9, 8), d=16)
     with torch.no_grad(), pytest.raises(A.Unsupported, match="N=72"):
         m.attend(q.float(), k.float(), v.float(), (9, 8))
-    assert m.unsupported_reasons(device=torch.device("cpu"), dtype=torch.float64, hw=(9, 8), batch=1) == []  # eager
+    assert reasons_of(m, "unsupported", device=torch.device("cpu"), dtype=torch.float64, hw=(9, 8), batch=1) == []  # eager
 
 
 def test_neighborhood_errors_name_valid_values():
     msg = r"kernel=9 is larger than the grid \(H, W\)=\(7, 8\); valid kernels for this grid: \[1, 3, 5, 7\]"
     with pytest.raises(ValueError, match=msg):
-        build("neighborhood", kernel=9).check_grid((7, 8))
+        check_grid(build("neighborhood", kernel=9), (7, 8))
     with pytest.raises(ValueError, match=r"kernel=7 .*\(H, W\)=\(9, 6\).*\[1, 3, 5\]"):
-        build("neighborhood").check_grid((9, 6))
+        check_grid(build("neighborhood"), (9, 6))
     with pytest.raises(ValueError, match=r"kernel=4 must be odd; valid kernels: odd integers"):
         build("neighborhood", kernel=4)
     with pytest.raises(ValueError, match=r"valid impls: auto, flex, mask, natten"):
@@ -272,7 +273,7 @@ def test_neighborhood_auto_is_mask_on_cpu():
     q, k, v = qkv((7, 7))
     m.attend(q, k, v, (7, 7))
     assert m.run_info()["impl_ran"].startswith("mask")
-    assert m.flops(2, (7, 7), "op") == 4 * 2 * 2 * 49 * 49 * 4  # k = 7 = grid: every key
+    assert m.flops(2, (7, 7), "attend") == 4 * 2 * 2 * 49 * 49 * 4  # k = 7 = grid: every key
 
 
 # -- FLOPs -----------------------------------------------------------------------
@@ -298,7 +299,7 @@ def test_flops_match_flop_counter(name, kw, hw, heads, d):
     m = build(name, heads=heads, d=d, **kw)
     q, k, v = qkv(hw, heads=heads, d=d)
     with torch.no_grad():
-        assert counted_flops(lambda: m.attend(q, k, v, hw)) == m.flops(2, hw, "op")
+        assert counted_flops(lambda: m.attend(q, k, v, hw)) == m.flops(2, hw, "attend")
         x = torch.randn(2, hw[0] * hw[1], heads * d, dtype=F64)
         assert counted_flops(lambda: m(x, hw)) == m.flops(2, hw, "layer")
 
@@ -306,7 +307,7 @@ def test_flops_match_flop_counter(name, kw, hw, heads, d):
 def test_neighborhood_natten_matches_the_mask_reference():
     """impl=natten: NATTEN's na2d, where the package is installed (its Flex backend runs on the CPU)."""
     m = build("neighborhood", kernel=5, impl="natten").float()
-    missing = m.unavailable_reasons(torch.device("cpu"))
+    missing = reasons_of(m, "unavailable", torch.device("cpu"))
     if missing:
         pytest.skip(f"natten unavailable here: {missing[0]}")
     q, k, v = qkv((9, 8), d=16)
@@ -327,7 +328,7 @@ def test_neighborhood_natten_missing_is_unavailable(monkeypatch):
     monkeypatch.setitem(sys.modules, "natten.functional", None)
     try:
         m = build("neighborhood", kernel=5, impl="natten")
-        (reason,) = m.unavailable_reasons(torch.device("cpu"))
+        (reason,) = reasons_of(m, "unavailable", torch.device("cpu"))
         assert "is not installed" in reason and "impl=natten needs the natten package" in reason
         with pytest.raises(A.Unavailable):
             m.attend(*qkv((9, 8), d=16), (9, 8))

@@ -98,7 +98,7 @@ def test_amp_op_gives_every_attention_the_same_inputs(run_job, tmp_path, monkeyp
         return real(self, module, inputs, hw, device, precision)
 
     monkeypatch.setattr(Op, "callable", spy)
-    (row,) = run_job([f"attention={name}", "workload=op", "precision=amp", "device=cpu", "dim=32", "heads=2",
+    (row,) = run_job([f"attention={name}", "workload=op", "precision=amp", "device=cpu", "workload.dim=32", "workload.heads=2",
                       "resolution=112", "warmup=1", "repeats=2", "min_time_s=0.01", "accuracy=false", "retries=0",
                       "flops_count=false"], tmp_path)
     if row.status != "ok":
@@ -107,7 +107,7 @@ def test_amp_op_gives_every_attention_the_same_inputs(run_job, tmp_path, monkeyp
 
 
 def test_latency_shares_flush_l2_like_the_main_timing(monkeypatch):
-    from suite.config import ModelConfig
+    from suite.models.config import ModelConfig
     from suite.models import build_model, plan_model
     from suite.workloads import model as W
 

@@ -7,7 +7,8 @@ import torch.nn.functional as F
 
 import attentions as A
 from suite import accuracy as acc
-from suite.measure import quantile, count_flops, peak_memory, sdpa_kernels, time_fn
+from suite.flops import count_flops
+from suite.measure import peak_memory, quantile, sdpa_kernels, time_fn
 
 CPU = torch.device("cpu")
 
@@ -89,7 +90,7 @@ def test_accuracy_sees_approximation():
     q, k, v = (torch.randn(1, 2, 12, 8) for _ in range(3))
     with torch.no_grad():
         out = m.attend(q, k, v, (3, 4))
-    a = acc.accuracy(m, out, (q, k, v), (3, 4), "op")
+    a = acc.accuracy(m, out, (q, k, v), (3, 4), "attend")
     assert a.rel_err_vs_exact > 1e-2  # a different function
     assert a.rel_err_vs_fp64 < 1e-6  # but a correct implementation of itself
     assert not math.isnan(a.cos_sim_vs_exact)

@@ -8,8 +8,9 @@ from omegaconf import OmegaConf
 
 import attentions as A
 from suite import models as M
-from suite.config import BadInput, ModelConfig
-from suite.measure import count_flops
+from suite.config import BadInput
+from suite.models.config import ModelConfig
+from suite.flops import count_flops
 from suite.workloads.model import fidelity, resolve_plan
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -116,8 +116,8 @@ def test_train_proxy_is_deterministic(run_job, tmp_path):
 def test_train_proxy_bad_settings_are_one_clear_line(run_job, tmp_path):
     for overrides, match in [(["proxy=listops", "proxy.seq_len=50"], "not a square number"),
                              (["proxy.task=mnist"], "valid choices: match, pathfinder, listops"),
-                             (["proxy.max_blocks=0"], "max_blocks=0 must be a positive integer"),
-                             (["proxy.steps=-3"], "proxy.steps=-3 is not valid; valid: a positive number"),
+                             (["proxy.max_blocks=0"], "proxy.max_blocks=0 is not valid; valid: a number >= 1"),
+                             (["proxy.steps=-3"], "proxy.steps=-3 is not valid; valid: a number >= 1"),
                              (["proxy.image_size=30"], "valid resolutions")]:
         with pytest.raises(BadInput, match=match):
             run_job([*TINY, *overrides], tmp_path)

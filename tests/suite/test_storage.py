@@ -129,7 +129,7 @@ def test_simultaneous_takers_never_both_hold(tmp_path):
         assert got.count("held") == 1, got
 
 
-TINY = ["attention=sdpa", "resolution=64", "dim=32", "heads=2", "warmup=0", "repeats=1", "accuracy=false",
+TINY = ["attention=sdpa", "resolution=64", "workload.dim=32", "workload.heads=2", "warmup=0", "repeats=1", "accuracy=false",
         "flops_count=false", "retries=0", "device=cpu", "precision=fp32", "load_window_s=0"]
 
 

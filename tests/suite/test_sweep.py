@@ -25,7 +25,7 @@ from suite.workloads.single import SingleAttention
 
 ROOT = Path(__file__).resolve().parents[2]
 CONF = ROOT / "conf"
-TINY = ["device=cpu", "precision=fp32", "dim=32", "heads=2", "warmup=1", "repeats=3", "min_time_s=0.01",
+TINY = ["device=cpu", "precision=fp32", "workload.dim=32", "workload.heads=2", "warmup=1", "repeats=3", "min_time_s=0.01",
         "accuracy_max_tokens=64", "load_window_s=0"]
 
 
@@ -42,7 +42,7 @@ def test_every_preset_composes_with_each_of_its_attentions(hydra_conf, experimen
         overrides = [f"experiment={experiment}"] + ([f"attention={v}"] if v else [])
         cfg = compose(config_name="config", overrides=overrides, return_hydra_config=True)
         assert cfg.hydra.sweep.dir == f"results/sweeps/{experiment}", "presets need a stable sweep dir to resume"
-        assert cfg.resume is True
+        assert str(cfg.resume).lower() == "true"
         opts = {k: val for k, val in OmegaConf.to_container(cfg.attention).items() if k != "name"}
         A.create_attention(cfg.attention.name, 64, 4, **opts)  # every option is a real constructor option
 
@@ -59,7 +59,7 @@ def test_paper_preset_covers_the_papers_baselines():
 def test_count_jobs_follows_the_basic_sweeper():
     params = {"attention": "a,b,c", "resolution": "1,2"}
     assert count_jobs(params, []) == 6
-    assert count_jobs(params, ["resolution=5", "dim=8"]) == 3  # command line replaces a param
+    assert count_jobs(params, ["resolution=5", "workload.dim=8"]) == 3  # command line replaces a param
     assert count_jobs({}, ["workload=op,layer", "precision=fp32,bf16"]) == 4
 
 
@@ -74,7 +74,8 @@ def _job(hydra_conf, *extra, run_dir="."):
     case = wl.describe(job)
     device = torch.device("cpu")
     precision = resolve_precision("fp32", device)
-    base = base_fields(job, dict(case.identity), device, precision.name, environment(device))
+    base = base_fields(job, dict(case.facts), device, precision.name, environment(device),
+                       job_module.case_identity(job, wl, device, precision.name))
     return job, wl, case, device, precision, base
 
 
@@ -88,7 +89,7 @@ def test_skip_estimate_tiny_limit(hydra_conf):
 
 def test_skip_estimate_against_this_machines_ram(hydra_conf):
     """Vanilla attention at 8192 px (N = 262144, 12 heads) needs > 6 TB of scores: never fits in RAM."""
-    job, wl, case, device, precision, _ = _job(hydra_conf, "dim=768", "heads=12", "resolution=8192")
+    job, wl, case, device, precision, _ = _job(hydra_conf, "workload.dim=768", "workload.heads=12", "resolution=8192")
     assert case.data.memory_estimate(1, (512, 512), 4) > 6e12
     assert "MemAvailable" in skip_reason(job, wl, case, device, precision)
     assert available_bytes(device)[0] > 0
@@ -103,8 +104,13 @@ def test_resume_finds_only_ok_rows_of_the_same_settings(hydra_conf, tmp_path):
     assert resumed_record(job, base).latency_ms_p50 == 1.5
     off, *_ = _job(hydra_conf, "resume=false", run_dir=tmp_path)  # resume off: always measure
     assert resumed_record(off, base) is None
-    other, *_ = _job(hydra_conf, "resume=true", "seed=1", run_dir=tmp_path)  # other settings: another case
-    assert resumed_record(other, base) is None
+    other, *_, other_base = _job(hydra_conf, "resume=true", "seed=1", run_dir=tmp_path)  # another case
+    assert resumed_record(other, other_base) is None
+    flagged = Record(**base, status="ok", latency_ms_p50=9.0, timing_quality="contended")
+    write_records([flagged], tmp_path / "again")
+    trusted, *_ = _job(hydra_conf, "resume=trusted", run_dir=tmp_path)
+    assert resumed_record(job, base).latency_ms_p50 == 9.0  # resume=true: the newest ok row, flagged or not
+    assert resumed_record(trusted, base).latency_ms_p50 == 1.5  # trusted: the flagged timing is not done
     assert resumed_record(job, dict(base, device_name="another CPU")) is None  # measured on another device
 
 

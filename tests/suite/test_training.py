@@ -7,7 +7,7 @@ import pytest
 
 import attentions as A
 
-TINY = ["device=cpu", "precision=fp32", "dim=32", "heads=2", "warmup=1", "repeats=3", "min_time_s=0.01",
+TINY = ["device=cpu", "precision=fp32", "workload.dim=32", "workload.heads=2", "warmup=1", "repeats=3", "min_time_s=0.01",
         "resolution=112", "retries=0"]
 
 
@@ -43,9 +43,9 @@ def test_backward_flops_analytic_equal_counted(run_job, tmp_path, name, workload
 
 def test_backward_flops_follow_the_convention():
     m = A.create_attention("vanilla", 32, 2)
-    assert m.backward_flops(2, (7, 7), "op") == 2 * m.flops(2, (7, 7), "op")
+    assert m.backward_flops(2, (7, 7), "attend") == 2 * m.flops(2, (7, 7), "attend")
     s = A.create_attention("sdpa", 32, 2)  # fused: QK^T is recomputed, half the forward core
-    assert s.backward_flops(2, (7, 7), "op") == 2 * s.flops(2, (7, 7), "op") + s.core_flops(2, (7, 7)) // 2
+    assert s.backward_flops(2, (7, 7), "attend") == 2 * s.flops(2, (7, 7), "attend") + s.core_flops(2, (7, 7)) // 2
     assert A.create_attention("sdpa", 32, 2, impl="math").score_recompute_flops(2, (7, 7)) == 0
 
 
@@ -63,12 +63,12 @@ def test_direction_is_part_of_the_case(run_job, tmp_path):
 
     a = run_job(["attention=vanilla", "direction=bwd", *TINY], tmp_path / "a")[0]
     b = run_job(["attention=vanilla", "direction=fwd_bwd", *TINY], tmp_path / "b")[0]
-    cols = list(a.row())
-    assert case_key(a.row(), cols) != case_key(b.row(), cols)
+    assert case_key(a.row()) != case_key(b.row())
 
 
 def test_train_proxy_refuses_a_direction(run_job, tmp_path):
     from suite.config import BadInput
 
-    with pytest.raises(BadInput, match="direction=bwd applies to op, layer and model"):
-        run_job(["workload=train_proxy", "direction=bwd", *TINY], tmp_path)
+    with pytest.raises(BadInput, match="direction=bwd applies to the timed workloads; workload=train_proxy always"):
+        run_job(["workload=train_proxy", "direction=bwd", *[t for t in TINY if not t.startswith("workload.")]],
+                tmp_path)

@@ -24,7 +24,7 @@ from suite.measure import Timing
 from suite.workloads.single import SingleAttention
 
 ROOT = Path(__file__).resolve().parents[2]
-TINY = ["device=cpu", "precision=fp32", "dim=32", "heads=2", "warmup=1", "repeats=5", "min_time_s=0.01",
+TINY = ["device=cpu", "precision=fp32", "workload.dim=32", "workload.heads=2", "warmup=1", "repeats=5", "min_time_s=0.01",
         "accuracy_max_tokens=64", "retries=0", "load_window_s=0"]
 
 
@@ -264,12 +264,13 @@ BAD = [
     ("attention=nope", "attention=nope is not valid; valid choices: agent, cswin"),
     ("precision=fp8", "precision=fp8 is not valid; valid choices: amp, auto, bf16, fp16, fp32"),
     ("workload=nope", "workload=nope is not valid; valid choices: layer, model, op, train_proxy"),
-    ("resolution=abc", "resolution=abc is not valid; valid: an integer"),
+    ("resolution=abc", "resolution='abc' is not valid; valid: a positive number of pixels (square) or HxW"),
     ("batch_size=1e9", "batch_size=1e9 is not valid; valid: an integer"),
     ("seed=abc", "seed=abc is not valid; valid: an integer"),
     ("resolutoin=512", "unknown setting 'resolutoin' (did you mean resolution?)"),
     ("+resolutoin=512", "unknown setting 'resolutoin' (did you mean resolution?)"),
     ("model.depthz=3", "unknown setting 'model.depthz' (did you mean model.depths?)"),
+    ("workload.dimm=3", "unknown setting 'workload.dimm' (did you mean workload.dim?)"),
     ("warmup=-1", "warmup=-1 is not valid; valid: a number >= 0"),
     ("repeats=-5", "repeats=-5 is not valid; valid: a number >= 0"),
     ("min_time_s=-1", "min_time_s=-1.0 is not valid; valid: a number >= 0"),
@@ -278,9 +279,9 @@ BAD = [
     ("attention.qkv_bias=maybe", "attention.qkv_bias='maybe' is not valid for 'elfatt'; valid: true or false"),
     ("attention.block_rows=abc", "attention.block_rows='abc' is not valid for 'elfatt'; valid: an integer or null"),
     ("attention.block_rows=5", "block_rows=5 does not divide the grid height H=14; valid block_rows: [1, 2, 7, 14]"),
-    ("resolution=-224", "resolution=-224 is not valid; valid: a positive multiple of patch_size=16"),
-    ("resolution=250", "resolution=250 is not divisible by patch_size=16; valid resolutions are multiples of 16"),
-    ("heads=5", "heads=5 does not divide dim=768; valid heads for dim=768"),
+    ("resolution=-224", "resolution='-224' is not valid; valid: a positive number of pixels (square) or HxW"),
+    ("resolution=250", "resolution=250 is not divisible by patch_size=16; valid sizes are multiples of 16"),
+    ("workload.heads=5", "heads=5 does not divide dim=768; valid heads for dim=768"),
     ("timing=fast", "timing='fast' is not valid; valid choices: eager, cuda_graph, kernels"),
     ("task=train_proxy", "task=train_proxy was removed; write workload=train_proxy"),
     ("variant=sdpa_flash", "variant= was removed: a preset is an attention option now, e.g. attention=sdpa_flash"),

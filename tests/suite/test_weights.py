@@ -5,7 +5,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from suite.config import ModelConfig
+from suite.models.config import ModelConfig
 from suite.models import build_model, plan_model
 from suite.models.weights import load_timm_weights, read_state_dict
 from test_models import CONF
