@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 import torch
 
+from . import progress
 from .device import HELD_BACK, Nvml, reason_names
 from .measure import Timing
 
@@ -202,6 +203,8 @@ def judged(loop, device: torch.device, nvml: Nvml, retries: int, limits: Limits 
     for i in range(1 + max(0, retries)):
         if i:
             time.sleep(0.5)  # a competitor that was finishing may be gone
+        progress.say(f"timing, attempt {i + 1} of up to {1 + max(0, retries)}" +
+                     (f" (#{i} was {attempts[-1][5]})" if attempts else ""))
         t, cols = observe(loop, device, nvml, limits.load_window_s)
         quality, reasons = verdict(t, cols, device, limits)
         attempts.append((QUALITY.index(quality), t.spread, i, t, cols, quality, reasons))

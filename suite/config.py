@@ -133,7 +133,8 @@ def validate(obj: Any, prefix: str = "") -> None:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             for op, bound, word in (("ge", m.get("ge"), ">="), ("gt", m.get("gt"), ">"), ("le", m.get("le"), "<=")):
                 if bound is not None and not {"ge": value >= bound, "gt": value > bound, "le": value <= bound}[op]:
-                    raise BadInput(f"{key}={value} is not valid; valid: a number {word} {bound:g}")
+                    shown = int(bound) if float(bound).is_integer() else bound
+                    raise BadInput(f"{key}={value} is not valid; valid: a number {word} {shown}")
         if m.get("slug") and isinstance(value, str) and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", value):
             raise BadInput(f"{key}={value!r} is not valid; valid: a name of letters, digits, '.', '_' and '-' "
                            f"(it becomes part of a folder name)")

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from . import progress
 from .conditions import cpu_affinity, set_threads
 from .config import (
     BadInput, Job, RunConfig, attention_label, canonical, case_dirname, identity_of, load, parse_resolution, run_id,
@@ -118,6 +119,7 @@ def measure_case(wl: Workload, case: Case, job: Job, device: torch.device, preci
         reasons = [r for r in reasons if r]
         if reasons:
             return Record(**base, status="unsupported", reason="; ".join(dict.fromkeys(reasons)))
+        progress.say("building the inputs")
         built = wl.build(case, job, device, precision)
         values.update(built.facts, flops_analytic=built.flops_analytic)
         measured = wl.measure(case, built, job, device)
@@ -128,6 +130,7 @@ def measure_case(wl: Workload, case: Case, job: Job, device: torch.device, preci
         values["run_info"] = json.dumps(info, sort_keys=True) if info else ""
         values["impl_ran"] = impl_ran(info, values.get("sdpa_kernels", ""))
         if wl.timed and job.cfg.flops_count:  # last: a counter that fails to trace can spoil torch.compile's caches
+            progress.say("counting FLOPs (FlopCounterMode)")
             counted, note = try_count_flops(built.fn)
             values.update(flops_counted=counted, **wl.counted_columns(counted, job))
             notes.append(note)
@@ -267,6 +270,8 @@ def main(cfg: DictConfig) -> list[Record]:
         _write_or_stop(records, job)
         return records
     multirun = job.sweep_dir is not None
+    if not multirun:
+        progress.enable(f"{job.label} {job.cfg.resolution}")
     if job.cfg.resume != "false" and not multirun:
         print("note: resume applies to sweeps (python run.py -m ...); a single run always measures", flush=True)
     try:
@@ -287,6 +292,7 @@ def main(cfg: DictConfig) -> list[Record]:
             raise
         records = [unmeasured_row(job, "error", failure(e, job.run_dir)[1])]
         _write_or_stop(records, job)
+    progress.clear()
     if not multirun:  # in a sweep the callback prints one line per job under its progress display
         print_summary(records, job)
     return records
@@ -306,5 +312,6 @@ def _note(note: str) -> None:
 
 def _fail(line: str, code: int) -> None:
     """One line on stderr, then exit: SystemExit passes through Hydra and stops a sweep."""
+    progress.clear()
     print(line, file=sys.stderr, flush=True)
     raise SystemExit(code)

@@ -3,7 +3,8 @@
 Registered in ``conf/config.yaml`` under ``hydra.callbacks.sweep``. Works with
 the basic launcher (jobs in this process) and the submitit launchers (jobs in
 other processes or on other nodes) alike: each job writes
-``job_status.json`` in its folder when it starts and ends, and the process
+``job_status.<num>.json`` in its folder when it starts and ends, tagged with
+the sweep's id, and the process
 that launched the sweep polls those files. Nothing here is needed for a
 single run; every hook returns at once outside a multirun.
 """
@@ -15,6 +16,7 @@ import os
 import sys
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +25,6 @@ from omegaconf import DictConfig
 
 from . import lock
 
-STATUS_FILE = "job_status.json"
 FAILED = ("error", "oom", "interrupted")  # a job "failed" when a row has one of these
 NOT_RUN = ("skipped", "unsupported", "unavailable", "invalid")
 
@@ -34,7 +35,7 @@ def _multirun(config: DictConfig) -> bool:
     return config.hydra.get("mode") == RunMode.MULTIRUN
 
 
-def one_line(rows: list[Any], width: int = 64) -> str:
+def one_line(rows: list[Any], width: int = 66) -> str:
     """A job's result (its rows) in one short line: the case and its outcome as
     its workload says it, the timing verdict when flagged; at most ``width``
     characters (the counter in front makes it fit 80 columns)."""
@@ -71,37 +72,42 @@ def pin_local_gpu(job_num: int) -> str | None:
     return os.environ["CUDA_VISIBLE_DEVICES"]
 
 
-def _write_status(job_dir: Path, **fields: Any) -> None:
+SWEEP_ID = "ELFATT_SUITE_SWEEP_ID"  # env: the launching process's sweep, read by every job it starts
+WIDTH = 80
+
+
+def _write_status(job_dir: Path, num: int, **fields: Any) -> None:
+    """This job's state in ``job_status.<num>.json`` (one file per job number, so two
+    jobs of one case folder never hide each other), tagged with the sweep's id."""
     job_dir.mkdir(parents=True, exist_ok=True)
-    tmp = job_dir / (STATUS_FILE + ".tmp")
-    tmp.write_text(json.dumps(fields))
-    tmp.replace(job_dir / STATUS_FILE)  # atomic: the poller never reads half a file
+    name = f"job_status.{num}.json"
+    tmp = job_dir / f".{name}.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps({"sweep": os.environ.get(SWEEP_ID, ""), "num": num, **fields}))
+    tmp.replace(job_dir / name)  # atomic: the poller never reads half a file
 
 
 class SweepTracker:
-    """Counts jobs from their status files and shows a rich progress bar."""
+    """Counts jobs from their status files and shows a progress bar that fits 80 columns."""
 
-    def __init__(self, sweep_dir: Path, total: int, poll_s: float = 0.5):
+    def __init__(self, sweep_dir: Path, total: int, sweep_id: str, poll_s: float = 0.5):
         from rich.console import Console
-        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+        from rich.progress import BarColumn, Progress, TextColumn
 
-        self.sweep_dir, self.total, self.poll_s = Path(sweep_dir), total, poll_s
+        self.sweep_dir, self.total, self.sweep_id, self.poll_s = Path(sweep_dir), total, sweep_id, poll_s
         self.start = time.time()
-        self.done: dict[str, dict] = {}
-        self.running: set[str] = set()
+        self.done: dict[tuple, dict] = {}
+        self.running: set[tuple] = set()
         self.lock = threading.Lock()
-        self.console = Console()
-        self.progress = Progress(
-            TextColumn("[bold]sweep"), BarColumn(), TextColumn("{task.fields[info]}"),
-            TimeElapsedColumn(), console=self.console, transient=False,
-        )
+        self.console = Console(width=min(WIDTH, Console().width))
+        self.progress = Progress(TextColumn("sweep"), BarColumn(bar_width=16), TextColumn("{task.fields[info]}"),
+                                 console=self.console, transient=True)
         self.task = self.progress.add_task("sweep", total=total, info="")
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
     def begin(self) -> None:
-        # In a terminal: a live bar under the jobs' output. In a log (CI,
-        # submitit, a pipe) the per-job lines below carry the same counts.
+        # In a terminal: a live bar under the jobs' lines. In a log (CI,
+        # submitit, a pipe) each job's line carries the count done.
         if self.console.is_terminal:
             self.progress.start()
         self._thread.start()
@@ -123,28 +129,28 @@ class SweepTracker:
         return (time.time() - self.start) / n * max(0, self.total - n)
 
     def summary(self) -> str:
+        """Short enough for the bar's line: done, failed, flagged, ETA."""
         c, eta = self.counts(), self.eta_s()
-        eta_text = "?" if eta is None else time.strftime("%H:%M:%S", time.gmtime(eta))
-        return (f"{c['done']}/{self.total} done, {c['running']} running, {c['failed']} failed, "
-                f"{c['not_run']} not run, {c['flagged']} flagged timing, ETA {eta_text}")
+        eta_text = "?" if eta is None else _clock(eta)
+        return f"{c['done']}/{self.total} done, {c['failed']} failed, {c['flagged']} flagged, ETA {eta_text}"
 
     def poll(self) -> None:
-        """Read new status files; print a line for each newly finished job."""
+        """Read new status files of this sweep; print one line for each newly finished job."""
         with self.lock:
-            for f in self.sweep_dir.rglob(STATUS_FILE):
-                key = str(f.parent)
-                if key in self.done:
-                    continue
+            for f in self.sweep_dir.rglob("job_status.*.json"):
                 try:
-                    if f.stat().st_mtime < self.start - 1:
-                        continue  # left by an earlier run of this sweep dir
                     s = json.loads(f.read_text())
                 except (OSError, ValueError):
                     continue
+                key = (str(f.parent), s.get("num"))
+                if s.get("sweep") != self.sweep_id or key in self.done:
+                    continue  # left by an earlier run of this sweep folder, or seen
                 if s.get("state") == "done":
                     self.running.discard(key)
                     self.done[key] = s
-                    self.progress.console.print(f"[{self.summary()}] #{s.get('num')} {s.get('line')}",
+                    head = f"[{len(self.done)}/{self.total}] #{s.get('num')} "
+                    line = head + str(s.get("line", ""))
+                    self.progress.console.print(line if len(line) <= WIDTH else line[: WIDTH - 1] + "\u2026",
                                                 markup=False, highlight=False, soft_wrap=True)
                 else:
                     self.running.add(key)
@@ -158,7 +164,15 @@ class SweepTracker:
             self._thread.join(timeout=5)
         self.poll()
         self.progress.stop()  # restores the terminal, also when the sweep was interrupted
-        print(f"sweep {how}: {self.summary()}, {time.time() - self.start:.0f} s", flush=True)
+        c = self.counts()
+        print(f"sweep {how}: {c['done']}/{self.total} done, {c['failed']} failed, {c['not_run']} not run, "
+              f"{c['flagged']} flagged, {_clock(time.time() - self.start)}", flush=True)
+
+
+def _clock(seconds: float) -> str:
+    m, s = divmod(int(seconds), 60)
+    h, m = divmod(m, 60)
+    return f"{h}:{m:02d}:{s:02d}"
 
 
 # The callback's settings (``hydra.callbacks.sweep.<name>``), for the README's settings table.
@@ -205,11 +219,14 @@ class SweepCallback(Callback):
             raise SystemExit(2) from None
         if note:
             print(f"note: {note}", flush=True)
-        if config.get("resume") and not any(sweep_dir.rglob("records.*")):
-            print(f"note: resume=true, but {sweep_dir} holds no earlier rows, so nothing can be resumed; to resume a "
-                  f"sweep, set hydra.sweep.dir to its folder (the presets use results/sweeps/<preset>)", flush=True)
+        resume = str(config.get("resume", "false")).lower()
+        roots = [sweep_dir] + ([Path(str(config.records_dir))] if config.get("records_dir") else [])
+        if resume not in ("false", "none") and not any(any(r.rglob("records.*")) for r in roots if r.exists()):
+            print(f"note: resume={resume}, but {' and '.join(map(str, roots))} hold no earlier rows, so nothing can "
+                  f"be resumed (the presets resume from results/sweeps/<preset>)", flush=True)
+        os.environ[SWEEP_ID] = uuid.uuid4().hex  # the jobs tag their status files with it
         if self.show_progress:
-            self._tracker = SweepTracker(sweep_dir, total, self.poll_s)
+            self._tracker = SweepTracker(sweep_dir, total, os.environ[SWEEP_ID], self.poll_s)
             self._tracker.begin()
         atexit.register(self._interrupted)
 
@@ -252,7 +269,7 @@ class SweepCallback(Callback):
             return
         num = int(config.hydra.job.get("num", 0) or 0)
         pin_local_gpu(num)
-        _write_status(Path(config.hydra.runtime.output_dir), state="running", num=num, start=time.time())
+        _write_status(Path(config.hydra.runtime.output_dir), num, state="running", start=time.time())
         if self._tracker is not None:  # same process (basic launcher): show it now
             self._tracker.poll()
 
@@ -266,14 +283,14 @@ class SweepCallback(Callback):
         rows = job_return._return_value if job_return.status == JobStatus.COMPLETED else None
         flagged = False
         if isinstance(rows, list) and rows:
-            statuses = [getattr(r, "status", "") for r in rows]
-            flagged = any(is_flagged(getattr(r, "timing_quality", "")) for r in rows)
+            statuses = [r.get("status", "") for r in rows]
+            flagged = any(is_flagged(r.get("timing_quality", "")) for r in rows)
             line = one_line(rows)
         else:  # the job raised past run.py: say so (run.py turns exceptions into rows first)
             statuses = ["error"]
             line = f"error: job raised {job_return._return_value!r}"[:300]
         _write_status(
-            Path(config.hydra.runtime.output_dir), state="done", num=int(config.hydra.job.get("num", 0) or 0),
+            Path(config.hydra.runtime.output_dir), int(config.hydra.job.get("num", 0) or 0), state="done",
             end=time.time(), statuses=statuses, line=line,
             failed=any(s in FAILED for s in statuses), not_run=all(s in NOT_RUN for s in statuses), flagged=flagged,
         )

@@ -76,11 +76,14 @@ def skip_reason(job: Job, wl, case, device: torch.device, precision) -> str:
 def count_jobs(sweeper_params: dict | None, task_overrides: list[str]) -> int:
     """Jobs the basic sweeper makes from ``hydra.sweeper.params`` and the
     command line (same rule: a later override of a key replaces an earlier one)."""
+    from hydra.core.global_hydra import GlobalHydra
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     lines = [f"{k}={v}" for k, v in (sweeper_params or {}).items()] + list(task_overrides)
     counts: dict[str, int] = {}
-    for o in OverridesParser.create().parse_overrides(lines):
+    gh = GlobalHydra.instance()  # glob() lists a group's options through the config loader
+    parser = OverridesParser.create(config_loader=gh.config_loader() if gh.is_initialized() else None)
+    for o in parser.parse_overrides(lines):
         key = o.get_key_element()
-        counts[key] = len(list(o.sweep_string_iterator())) if o.is_discrete_sweep() else 1
+        counts[key] = len(list(o.sweep_string_iterator())) if o.is_sweep_override() else 1
     return max(1, math.prod(counts.values()))

@@ -19,6 +19,7 @@ from typing import Any, Callable, ClassVar
 
 import torch
 
+from .. import progress
 from ..conditions import Limits, judged
 from ..config import DIRECTIONS, Job, RunConfig, setting
 from ..device import Nvml, Precision
@@ -145,6 +146,7 @@ class Workload:
         timed loop with NVML readings, peak memory of one call, the SDPA kernels
         that ran; then the workload's ``extras`` on the first call's output."""
         cfg = job.cfg
+        progress.say("first call (compiles, warms caches)")
         out = built.fn()
         status, notes = "ok", []
         if not all_finite(out):
@@ -163,6 +165,7 @@ class Workload:
                  throughput_per_s=built.items_per_call / seconds, tflops_per_s=built.flops_analytic / seconds / 1e12)
         if t.energy_j == t.energy_j:
             m.update(energy_j=t.energy_j, avg_power_w=t.energy_j / t.busy_s if t.busy_s > 0 else float("nan"))
+        progress.say("peak memory of one call")
         mem = peak_memory(built.fn, device)
         m.update(peak_mem_mib=mem.peak_mib, peak_extra_mem_mib=mem.extra_mib, mem_method=mem.method)
         saved = built.facts.get("saved_mib", float("nan"))
@@ -171,6 +174,7 @@ class Workload:
             m.update(peak_mem_mib=mem.peak_mib + saved, mem_method=mem.method + "+saved_tensors")
         m["sdpa_kernels"] = ",".join(sorted(sdpa_kernels(built.fn)))
         try:  # accuracy, shares, fidelity: annotations that never cost the measurement above
+            progress.say(f"{self.extras_name} (float64 references)")
             extra, extra_notes = self.extras(case, built, out, job, device)
         except Exception as e:  # noqa: BLE001
             if device.type == "cuda":

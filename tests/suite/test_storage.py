@@ -155,7 +155,7 @@ def test_sigterm_in_a_sweep_marks_the_case_frees_the_lock_and_leaves_no_temp_fil
                           f"hydra.sweep.dir={tmp_path}"], cwd=ROOT, env=env,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     for _ in range(300):  # until the first job is measuring
-        if list(tmp_path.rglob("job_status.json")):
+        if list(tmp_path.rglob("job_status.*.json")):
             break
         time.sleep(0.1)
     time.sleep(4)

@@ -162,7 +162,7 @@ def test_exception_outside_measuring_becomes_a_row_and_the_sweep_goes_on(tmp_pat
     rows = pd.concat([pd.read_parquet(f) for f in sorted(tmp_path.rglob("records.parquet"))])
     assert sorted(rows["status"]) == ["error", "ok"]
     assert "simulated failure" in rows.loc[rows["status"] == "error", "reason"].iloc[0]
-    statuses = [json.loads(f.read_text())["statuses"] for f in tmp_path.rglob("job_status.json")]
+    statuses = [json.loads(f.read_text())["statuses"] for f in tmp_path.rglob("job_status.*.json")]
     assert sorted(s[0] for s in statuses) == ["error", "ok"]
 
 
