@@ -11,8 +11,8 @@ per measured case; the columns are the Record columns plus derived ones:
   row's p50, against the same case (the ``case`` column less the attention:
   every other setting that changes what is measured) on the same device name,
   run with the baseline preset (``baseline_vanilla`` / ``baseline_flash`` name
-  it). Rows from other machines never pair up. ``speedup_flagged`` is true
-  where either timing behind a speedup is flagged (noisy, contended, throttled).
+  it). Rows from other machines never pair up. ``speedup_vs_<name>_flagged`` is
+  true where either timing behind that speedup is flagged (noisy, contended, throttled).
 - ``peak_tflops``, ``peak_gbps``, ``arith_intensity``, ``frac_of_peak``,
   ``frac_of_roofline``: where the GPU's datasheet peak is known (PEAKS).
 
@@ -37,7 +37,8 @@ import pandas as pd
 from .records import (ATTENTION_KEYS, atomic_write, case_key, first_line, flagged_mask, ordered_columns,
                       read_job_records, read_table_file)
 
-DERIVED = ("speedup_vs_vanilla", "speedup_vs_flash", "baseline_vanilla", "baseline_flash", "speedup_flagged",
+DERIVED = ("speedup_vs_vanilla", "speedup_vs_flash", "baseline_vanilla", "baseline_flash",
+           "speedup_vs_vanilla_flagged", "speedup_vs_flash_flagged",
            "peak_tflops", "peak_gbps", "arith_intensity", "roofline_tflops", "frac_of_peak", "frac_of_roofline",
            "job_dir")
 # The paper's names for presets of this suite (its baselines, measured here under these names).
@@ -152,19 +153,23 @@ def add_variant(df: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
+def baseline_match(df: pd.DataFrame) -> pd.Series:
+    """Per row, what pairs it with its baseline's row: the case less the attention, and the device name."""
+    return pd.Series([case_key(r, drop=ATTENTION_KEYS) + "\x1f" + str(r.get("device_name", ""))
+                      for r in df.to_dict("records")], index=df.index)
+
+
 def add_speedup(df: pd.DataFrame, column: str, baseline: str) -> pd.DataFrame:
     """``column`` = baseline variant's p50 latency / this row's, on the same case (less the
-    attention) and device name; ``speedup_flagged`` where either timing is flagged."""
-    match = pd.Series([case_key(r, drop=ATTENTION_KEYS) + "\x1f" + str(r.get("device_name", ""))
-                       for r in df.to_dict("records")], index=df.index)
+    attention) and device name; ``<column>_flagged`` where either timing is flagged."""
+    match = baseline_match(df)
     ok = df["status"] == "ok"
     flags = flagged_mask(df)
     base = df[(df["variant"] == baseline) & ok]
     base_ms = base.groupby(match[base.index])["latency_ms_p50"].median()
     base_flag = flags[base.index].groupby(match[base.index]).any()
     df[column] = (match.map(base_ms).astype(float) / df["latency_ms_p50"].astype(float)).where(ok, math.nan)
-    behind = (flags | match.map(base_flag).fillna(False).astype(bool)) & df[column].notna()
-    df["speedup_flagged"] = (df["speedup_flagged"] if "speedup_flagged" in df else False) | behind
+    df[f"{column}_flagged"] = (flags | match.map(base_flag).fillna(False).astype(bool)) & df[column].notna()
     return df
 
 
@@ -199,7 +204,6 @@ def add_roofline(df: pd.DataFrame) -> pd.DataFrame:
 def derive(df: pd.DataFrame, baselines: dict[str, list[str]] | None = None) -> pd.DataFrame:
     """Add every derived column (see the module docstring)."""
     df = add_variant(df.copy())
-    df["speedup_flagged"] = False
     for short, candidates in (baselines or BASELINES).items():
         chosen = pick_baseline(df, candidates)
         df[f"baseline_{short}"] = chosen or ""
@@ -207,6 +211,7 @@ def derive(df: pd.DataFrame, baselines: dict[str, list[str]] | None = None) -> p
             add_speedup(df, f"speedup_vs_{short}", chosen)
         else:
             df[f"speedup_vs_{short}"] = math.nan
+            df[f"speedup_vs_{short}_flagged"] = False
     return add_roofline(df)
 
 

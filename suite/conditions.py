@@ -175,7 +175,7 @@ def verdict(t: Timing, c: dict, device: torch.device, limits: Limits = Limits())
         found["unmeasured"].append("other processes' CPU load not measured (load_window_s=0)")
     if others is not None and others >= limits.contention_cores:
         found["contended"].append(f"other processes used {others:.1f} CPU cores during the loop")
-    elif others is None and c.get("load_avg_before", 0) > c.get("cpu_affinity", 1):
+    elif others is None and limits.load_window_s > 0 and c.get("load_avg_before", 0) > c.get("cpu_affinity", 1):
         found["contended"].append(f"load average {c['load_avg_before']:.1f} > {c['cpu_affinity']} CPUs before the loop")
     if c.get("threads", 0) > c.get("cpu_affinity", 1 << 30):
         found["contended"].append(f"threads={c['threads']} exceeds the {c['cpu_affinity']} CPUs this process may use")

@@ -1,10 +1,16 @@
-"""The report's figures (PNG + SVG, seaborn) from a results table.
+"""The report's figures (PNG + SVG) from a results table.
 
-One figure per device (and per dtype for speedups); facets name the dtype and
-the workload, the title names the device. Cases that were not measured (oom,
-skipped, unsupported, unavailable, invalid, error) are drawn as an ``x`` at
-the top of the axis in their line's colour and listed in the report, so a
-line that stops early says why instead of silently ending.
+One figure per device (and per dtype for speedups). Every panel holds one
+precision, one direction (forward, backward, forward+backward) and one timing
+mode, and its title says which: a line never joins a forward point to a
+backward one. Lines are per variant (``figure_style.variant_styles``: colour,
+marker and line style, distinguishable for many variants); x ticks are the
+measured resolutions. A point timed under poor conditions (``timing_quality``
+noisy, contended or throttled) is ringed in red, and so is a speedup whose
+baseline row was. Cases that were not measured (oom, skipped, unsupported,
+unavailable, invalid, error) are drawn as an ``x`` at the top of the axis in
+their line's colour and listed in the report, so a line that stops early says
+why instead of silently ending.
 """
 from __future__ import annotations
 
@@ -16,41 +22,11 @@ import numpy as np
 import pandas as pd
 
 from .collect import BASELINES
+from .figure_style import (FLAG_SPEEDUP_TEXT, FLAG_TEXT, NOT_OK, PAPER_BANDS, ROW_KEYS, Measure,  # noqa: F401
+                           case_title, combos, fit_tick_labels, legend_below, plain_log_x, plain_log_y,
+                           resolution_figure, ring, ring_handle, ringed, select, speedup_flagged, times_label,
+                           variant_styles, with_keys)
 from .records import flagged_mask
-
-NOT_OK = {"oom": "OOM", "skipped": "skipped", "unsupported": "unsupported", "unavailable": "unavailable",
-          "invalid": "invalid", "error": "error", "interrupted": "interrupted"}
-# Claimed bands drawn on the speedup figure (the paper's GPU claims at high resolution).
-PAPER_BANDS = {"vanilla": (4.0, 7.0, "paper's claim: 4-7x over vanilla (GLOBAL)", "gold"),
-               "flash": (2.0, 3.0, "paper's claim: 2-3x over vanilla with FlashAttention-2", "lightskyblue")}
-
-
-def times_label(v: float, _pos=None) -> str:
-    """A speedup tick: 0.25x, 1.5x, 12x, 1024x (never 1.02e+03x)."""
-    if v >= 10:
-        return f"{v:,.0f}x"
-    return f"{v:.2g}x" if v < 1 else f"{v:.3g}x"
-TOKENS_NOTE = "image side (px); tokens N = (side / patch)^2"
-
-
-def resolution_side(value) -> float:
-    """A resolution as one number for an axis: the side of a square image, the
-    geometric mean side (sqrt(H*W): the same token count) of ``HxW``."""
-    text = str(value).lower()
-    if "x" in text:
-        h, w = (float(t) for t in text.split("x"))
-        return (h * w) ** 0.5
-    try:
-        return float(text)
-    except ValueError:
-        return math.nan
-
-
-def numeric_resolution(df: pd.DataFrame) -> pd.DataFrame:
-    """``df`` with a numeric ``resolution`` (tables keep the "224" / "512x2048" labels)."""
-    if "resolution" in df and not pd.api.types.is_numeric_dtype(df["resolution"]):
-        df = df.assign(resolution=df["resolution"].map(resolution_side))
-    return df
 
 
 def slug(text: str) -> str:
@@ -65,7 +41,7 @@ def device_title(sub: pd.DataFrame) -> str:
 
 def flash_note(sub: pd.DataFrame) -> str:
     """On CPU the 'flash' SDPA backend is torch's flash_cpu kernel: say so where it matters."""
-    kernels = ",".join(sub.loc[sub["variant"] == sub["baseline_flash"].iloc[0], "sdpa_kernels"].fillna(""))
+    kernels = ",".join(sub.loc[sub["variant"] == sub["baseline_flash"].iloc[0], "sdpa_kernels"].fillna("").astype(str))
     if "flash_cpu" in kernels or (sub["device"] == "cpu").all():
         return "; on CPU the flash baseline is torch's flash_cpu kernel, not FlashAttention-2"
     return ""
@@ -83,14 +59,14 @@ class Figures:
 
         self.plt, self.sns = plt, sns
         sns.set_theme(style="whitegrid", context="notebook")
-        self.df, self.out = numeric_resolution(df), out
-        variants = sorted(df["variant"].unique())
-        self.colors = dict(zip(variants, sns.color_palette("tab10" if len(variants) <= 10 else "husl",
-                                                           len(variants))))
-        self.markers = dict(zip(variants, "osD^vP*Xhp<>" * 3))
+        self.df, self.out = with_keys(df), Path(out)
+        self.styles = variant_styles(df["variant"])
+        self.flags = {b: speedup_flagged(df, b) for b in BASELINES if f"baseline_{b}" in df}
         self.written: list[tuple[Path, str]] = []  # (png, caption)
 
     def save(self, fig, name: str, caption: str) -> None:
+        fig.tight_layout()
+        fit_tick_labels(fig)
         png = self.out / f"{name}.png"
         # One layout pass for both files (bbox_inches="tight" would redo it per file).
         box = fig.get_tightbbox(fig.canvas.get_renderer()).padded(0.1)
@@ -99,221 +75,162 @@ class Figures:
         self.plt.close(fig)
         self.written.append((png, caption))
 
-    # -- shared drawing -----------------------------------------------------
-    def _lines(self, ax, sub: pd.DataFrame, y: str, logy: bool = True, skip: tuple = (), ticks=None) -> None:
-        """One line per variant over resolution; an x at the top for cases not measured."""
-        import matplotlib.transforms as mt
-
-        top = mt.blended_transform_factory(ax.transData, ax.transAxes)
-        missing_rank = 0
-        for v, g in sub.groupby("variant"):
-            if v in skip:
-                continue
-            ok = g[(g["status"] == "ok") & g[y].notna()].sort_values("resolution")
-            if not ok.empty:
-                ax.plot(ok["resolution"], ok[y], marker=self.markers[v], color=self.colors[v], label=v, lw=1.6, ms=5)
-                flagged = ok[flagged_mask(ok)]
-                if not flagged.empty:  # a measurement the suite does not vouch for: ringed in red
-                    ax.plot(flagged["resolution"], flagged[y], "o", ms=11, mfc="none", mec="red", mew=1.4, zorder=4)
-            bad = g[g["status"] != "ok"].sort_values("resolution")
-            if not bad.empty:
-                yy = 0.97 - 0.045 * missing_rank
-                missing_rank += 1
-                ax.plot(bad["resolution"], [yy] * len(bad), "x", color=self.colors[v], ms=8, mew=2,
-                        transform=top, clip_on=False, label=None if not ok.empty else v)
-                for _, r in bad.drop_duplicates("status").iterrows():
-                    ax.annotate(NOT_OK.get(r["status"], r["status"]), (r["resolution"], yy), xycoords=top,
-                                xytext=(5, -3), textcoords="offset points", fontsize=7, color=self.colors[v])
-        ax.set_xscale("log", base=2)
-        if not ((sub["status"] == "ok") & sub[y].notna()).any():
-            ax.text(0.5, 0.5, "no case measured here", transform=ax.transAxes, ha="center", color="grey")
-            ax.set_yticks([])
-        elif logy:
-            ax.set_yscale("log")
-        res = sorted(ticks if ticks is not None else sub["resolution"].unique())
-        ax.set_xlim(res[0] / 1.15, res[-1] * 1.15) if res else None
-        ax.set_xticks(res, [str(r) for r in res], rotation=45 if len(res) > 5 else 0)
-        ax.xaxis.set_minor_locator(self.plt.NullLocator())  # only the measured resolutions are ticked
-
-    def _legend(self, fig, axes, missing: bool = True) -> None:
-        from matplotlib.lines import Line2D
-
-        handles, labels = {}, []
-        for ax in np.ravel(axes):
-            for h, lab in zip(*ax.get_legend_handles_labels()):
-                handles.setdefault(lab, h)
-        labels = sorted(handles)
-        hs = [handles[lab] for lab in labels]
-        if missing:
-            hs.append(Line2D([], [], color="grey", marker="x", ls="none", ms=8, mew=2))
-            labels.append("x at top: not measured (label: why)")
-        if flagged_mask(self.df).any():
-            hs.append(Line2D([], [], marker="o", ls="none", ms=11, mfc="none", mec="red", mew=1.4))
-            labels.append("red ring: timing flagged (noisy, contended or throttled; see the report)")
-        fig.legend(hs, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(4, len(labels)),
-                   frameon=False, fontsize=9)
-
-    def _grid(self, rows: list, cols: list):
-        fig, axes = self.plt.subplots(len(rows), len(cols), figsize=(5.2 * len(cols), 3.9 * len(rows)),
-                                      squeeze=False)
-        return fig, axes
+    def _grid(self, n_rows: int, n_cols: int, width: float = 5.2, height: float = 3.9):
+        return self.plt.subplots(n_rows, n_cols, figsize=(width * n_cols, height * n_rows), squeeze=False)
 
     # -- figures -------------------------------------------------------------
-    def versus_resolution(self, y: str, ylabel: str, name: str, what: str, note: str = "") -> None:
+    def versus_resolution(self, y: str, ylabel: str, name: str, what: str, note: str = "",
+                          timing: bool = True) -> None:
+        """``y`` over resolution per device; flagged timings ringed (``timing``: y is a timing)."""
         for dev, sub in self.df.groupby("device_name"):
             sub = timed(sub)
             if sub.empty:
                 continue
-            dtypes, workloads = sorted(sub["dtype"].unique()), sorted(sub["workload"].unique())
-            fig, axes = self._grid(dtypes, workloads)
-            for i, dt_ in enumerate(dtypes):
-                for j, wl in enumerate(workloads):
-                    ax = axes[i][j]
-                    self._lines(ax, sub[(sub["dtype"] == dt_) & (sub["workload"] == wl)], y,
-                                ticks=sub["resolution"].unique())
-                    ax.set_title(f"dtype {dt_} · workload {wl} · batch {_batch(sub)}", fontsize=10)
-                    ax.set_ylabel(ylabel)
-                    ax.set_xlabel(TOKENS_NOTE if i == len(dtypes) - 1 else "")
-            fig.suptitle(f"{what} vs resolution — {device_title(sub)}", y=1.01)
-            self._legend(fig, axes, missing=bool((sub["status"] != "ok").any()))
-            fig.tight_layout()
+            m = Measure(y, ylabel, flags=None if timing else pd.Series(False, index=sub.index))
+            fig = resolution_figure(sub, [m], self.styles, f"{what} vs resolution — {device_title(sub)}")
             self.save(fig, f"{name}__{slug(dev)}",
-                      f"{what} vs resolution on {device_title(sub)}, dtypes {', '.join(dtypes)}, "
-                      f"workloads {', '.join(workloads)} (log-log){note}.")
+                      f"{what} vs resolution on {device_title(sub)}, one panel per dtype, direction and workload "
+                      f"(log-log){note}.")
 
     def speedup(self) -> None:
+        """Speedup over each baseline per device and dtype, the paper's claim bands shaded; a speedup
+        from a flagged timing (the variant's or the baseline's) ringed."""
         for (dev, dt_), sub in self.df.groupby(["device_name", "dtype"]):
             sub = timed(sub)
-            bases = [b for b in BASELINES if sub[f"baseline_{b}"].iloc[0] if len(sub)]
-            bases = [b for b in bases if sub[f"speedup_vs_{b}"].notna().any()]
+            bases = [b for b in BASELINES if f"speedup_vs_{b}" in sub and sub[f"speedup_vs_{b}"].notna().any()]
             if sub.empty or not bases:
                 continue
-            workloads = sorted(sub["workload"].unique())
-            fig, axes = self._grid(bases, workloads)
-            for i, b in enumerate(bases):
-                base = sub[f"baseline_{b}"].iloc[0]
-                for j, wl in enumerate(workloads):
-                    ax = axes[i][j]
-                    lo, hi, text, color = PAPER_BANDS[b]
-                    ax.axhspan(lo, hi, color=color, alpha=0.3, label=text)
-                    ax.axhline(1.0, color="black", lw=0.8, ls="--")
-                    self._lines(ax, sub[sub["workload"] == wl], f"speedup_vs_{b}", skip=(base,),
-                                ticks=sub["resolution"].unique())
-                    ax.set_yscale("log", base=2)  # the band keeps the axis positive even with no line
-                    ax.yaxis.set_major_formatter(self.plt.FuncFormatter(times_label))
-                    ax.yaxis.set_minor_formatter(self.plt.NullFormatter())
-                    ax.set_title(f"over {base} · dtype {dt_} · workload {wl}", fontsize=10)
-                    ax.set_ylabel(f"speedup over {b} (x, p50)")
-                    ax.set_xlabel(TOKENS_NOTE if i == len(bases) - 1 else "")
+            measures = [Measure(f"speedup_vs_{b}", f"speedup over {b} (x, p50)", flags=self.flags[b], band=b,
+                                skip=(sub[f"baseline_{b}"].iloc[0],), prefix=f"over {sub[f'baseline_{b}'].iloc[0]}",
+                                speedup=True) for b in bases]
             note = flash_note(sub)
-            fig.suptitle(f"Speedup vs resolution — {device_title(sub)}, {dt_}" + (f"\n({note[2:]})" if note else ""),
-                         y=1.03 if note else 1.01)
-            self._legend(fig, axes, missing=bool((sub["status"] != "ok").any()))
-            fig.tight_layout()
+            title = f"Speedup vs resolution — {device_title(sub)}, {dt_}" + (f"\n({note[2:]})" if note else "")
+            fig = resolution_figure(sub, measures, self.styles, title, flag_text=FLAG_SPEEDUP_TEXT)
             self.save(fig, f"speedup__{slug(dev)}__{dt_}",
                       f"Speedup (baseline p50 / p50; dashed line = baseline) on {device_title(sub)}, {dt_}; "
-                      f"shaded: the paper's claimed band{note}.")
+                      f"shaded: the paper's claimed band (a GPU claim); ringed: computed from a flagged timing{note}.")
 
     def pareto(self) -> None:
         for dev, sub in self.df.groupby("device_name"):
             for wl, acc, better in _accuracy_choices(sub):
-                part = sub[(sub["workload"] == wl) & (sub["status"] == "ok") & sub[acc].notna()]
+                part = sub[(sub["workload"] == wl) & (sub["status"] == "ok") & sub[acc].notna()
+                           & sub["throughput_per_s"].notna()]
                 if part.empty:
                     continue
-                dtypes = sorted(part["dtype"].unique())
-                res = _pick_resolutions(part)
-                fig, axes = self.plt.subplots(len(dtypes), len(res), figsize=(4.6 * len(res), 3.8 * len(dtypes)),
-                                              squeeze=False)
-                for i, dt_ in enumerate(dtypes):
+                rows, res = combos(part, ROW_KEYS[:3]), _pick_resolutions(part)
+                fig, axes = self._grid(len(rows), len(res), 4.8, 3.9)
+                for i, rk in enumerate(rows):
                     for j, r in enumerate(res):
+                        pts = select(part, ROW_KEYS[:3], rk)
+                        self._pareto_panel(axes[i][j], pts[pts["resolution"] == r], acc, better)
                         ax = axes[i][j]
-                        pts = part[(part["dtype"] == dt_) & (part["resolution"] == r)]
-                        for v, g in pts.groupby("variant"):
-                            ax.scatter(g["throughput_per_s"], g[acc].clip(lower=1e-12), s=55,
-                                       color=self.colors[v], marker=self.markers[v], label=v, zorder=3)
-                        front = _frontier(pts, acc, better)
-                        if len(front) > 1:
-                            ax.plot(front["throughput_per_s"], front[acc].clip(lower=1e-12), color="grey",
-                                    lw=1, ls=":", zorder=2)
-                        ax.set_xscale("log")
-                        ax.xaxis.set_major_locator(self.plt.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-                        ax.xaxis.set_major_formatter(self.plt.FuncFormatter(lambda v, _: f"{v:g}"))
-                        ax.margins(0.12)
-                        ax.xaxis.set_minor_formatter(self.plt.NullFormatter())
-                        if better == "lower":
-                            ax.set_yscale("log")
-                        ax.set_title(f"{r} px · dtype {dt_} · workload {wl}", fontsize=10)
-                        ax.set_xlabel("throughput (images/s, p50)")
-                        ax.set_ylabel(f"{acc} ({better} is better)")
-                self._legend(fig, axes, missing=False)
+                        ax.set_title(f"{r} px · " + case_title(*rk[:2], wl, rk[2]), fontsize=10)
+                legend_below(fig, axes, self.styles, missing=False)
                 fig.suptitle(f"Throughput vs accuracy proxy — {device_title(sub)}", y=1.01)
-                fig.tight_layout()
                 self.save(fig, f"pareto__{slug(dev)}__{wl}__{acc}",
                           f"Throughput vs {acc} on {device_title(sub)}, workload {wl}; dotted: Pareto front. "
                           f"rel_err_vs_exact compares with exact softmax attention on the same random weights: "
                           f"for linear/hybrid attentions it measures difference, not error of a trained model.")
 
+    def _pareto_panel(self, ax, pts: pd.DataFrame, acc: str, better: str) -> None:
+        for v, g in pts.groupby("variant"):
+            st = self.styles[v]
+            ax.plot(g["throughput_per_s"], g[acc].clip(lower=1e-12), ls="none", **st.point(), mew=1.5, ms=8,
+                    label=v, zorder=4)
+        f = flagged_mask(pts).fillna(False).astype(bool).to_numpy()
+        ring(ax, pts["throughput_per_s"][f], pts[acc].clip(lower=1e-12)[f])
+        front = _frontier(pts, acc, better)
+        if len(front) > 1:
+            ax.plot(front["throughput_per_s"], front[acc].clip(lower=1e-12), color="grey", lw=1, ls=":", zorder=2)
+        ax.set_xscale("log")
+        plain_log_x(ax)
+        ax.margins(0.12)
+        if better == "lower":
+            ax.set_yscale("log")
+        ax.set_xlabel("throughput (images/s, p50)")
+        ax.set_ylabel(f"{acc} ({better} is better)")
+
     def precision(self) -> None:
-        for (dev, wl), sub in timed(self.df).groupby(["device_name", "workload"]):
+        keys = ["device_name", "workload", "direction", "timing", "model"]
+        for (dev, wl, direction, timing, model), sub in timed(self.df).groupby(keys):
             if sub["dtype"].nunique() < 2:
                 continue
             r = _precision_resolution(sub)
             part = sub[sub["resolution"] == r]
-            fig, axes = self.plt.subplots(1, 2, figsize=(13, 4.4), squeeze=False)
+            fig, axes = self.plt.subplots(1, 2, figsize=(max(13, 0.45 * part["variant"].nunique() * 2), 4.6),
+                                          squeeze=False)
             dtypes = sorted(part["dtype"].unique())
-            pal = dict(zip(dtypes, self.sns.color_palette("Set2", len(dtypes))))
-            order = sorted(part["variant"].unique())
+            pal = dict(zip(dtypes, self.sns.color_palette("Dark2", len(dtypes))))
             for ax, (y, label) in zip(axes[0], [("latency_ms_p50", "p50 latency (ms)"),
                                                  ("rel_err_vs_fp64", "relative error vs float64")]):
-                ok = part[(part["status"] == "ok") & part[y].notna()]
-                if not ok.empty:
-                    self.sns.stripplot(data=ok.assign(**{y: ok[y].clip(lower=1e-12)}), x="variant", y=y,
-                                       hue="dtype", order=order, hue_order=dtypes, palette=pal, dodge=True,
-                                       size=8, jitter=False, ax=ax, marker="o", linewidth=0.5)
-                ax.set_yscale("log")
-                ax.set_xlim(-0.5, len(order) - 0.5)
+                self._precision_panel(ax, part, y, dtypes, pal, ring_flagged=y.startswith("latency"))
                 ax.set_ylabel(label)
-                ax.set_xlabel("")
-                ax.tick_params(axis="x", rotation=35, labelsize=8)
-                for lab in ax.get_xticklabels():
-                    lab.set_horizontalalignment("right")
-                bad = part[part["status"] != "ok"]
-                for _, b in bad.iterrows():
-                    k = order.index(b["variant"]) + (dtypes.index(b["dtype"]) - (len(dtypes) - 1) / 2) * 0.8 / len(dtypes)
-                    ax.plot([k], [0.97], "x", color=pal[b["dtype"]], ms=8, mew=2, clip_on=False,
-                            transform=ax.get_xaxis_transform())
-                    ax.annotate(NOT_OK.get(b["status"], b["status"]), (k, 0.97), xycoords=ax.get_xaxis_transform(),
-                                xytext=(5, -3), textcoords="offset points", fontsize=7, color=pal[b["dtype"]])
-                if ax.get_legend():
-                    ax.get_legend().set_title("dtype")
-            fig.suptitle(f"Precision comparison at {r} px — {device_title(sub)}, workload {wl} "
-                         f"(x at top: not measured in that dtype)", y=1.02)
-            fig.tight_layout()
-            self.save(fig, f"precision__{slug(dev)}__{wl}",
-                      f"Latency and error vs float64 per dtype at {r} px on {device_title(sub)}, workload {wl}.")
+            handles = [self.plt.Line2D([], [], marker="o", ls="none", color=pal[d], ms=8) for d in dtypes]
+            self._legend_keys(fig, axes, handles, [f"dtype {d}" for d in dtypes])
+            what = case_title("", direction, wl, timing, model)
+            fig.suptitle(f"Precision comparison at {r} px — {device_title(sub)}, {what}", y=1.02)
+            suffix = "".join(f"__{slug(x)}" for x in (direction, timing, model) if x not in ("fwd", "eager", ""))
+            self.save(fig, f"precision__{slug(dev)}__{wl}{suffix}",
+                      f"Latency and error vs float64 per dtype at {r} px on {device_title(sub)}, {what}.")
+
+    def _precision_panel(self, ax, part: pd.DataFrame, y: str, dtypes: list, pal: dict, ring_flagged: bool) -> None:
+        order = sorted(part["variant"].unique())
+        width = 0.8 / len(dtypes)
+        for _, b in part.iterrows():
+            k = order.index(b["variant"]) + (dtypes.index(b["dtype"]) - (len(dtypes) - 1) / 2) * width
+            if b["status"] == "ok" and b[y] == b[y]:
+                ax.plot([k], [max(b[y], 1e-12)], "o", color=pal[b["dtype"]], ms=7, zorder=4)
+                if ring_flagged and flagged_mask(part.loc[[b.name]]).iloc[0]:
+                    ring(ax, [k], [max(b[y], 1e-12)])
+            elif b["status"] != "ok":
+                ax.plot([k], [0.97], "x", color=pal[b["dtype"]], ms=7, mew=2, clip_on=False,
+                        transform=ax.get_xaxis_transform())
+                ax.annotate(NOT_OK.get(b["status"], b["status"]), (k, 0.97), xycoords=ax.get_xaxis_transform(),
+                            xytext=(0, 6), textcoords="offset points", fontsize=7, ha="center", rotation=90,
+                            color=pal[b["dtype"]])
+        if ax.get_lines():
+            ax.set_yscale("log")
+            if ring_flagged:  # a latency: plain milliseconds
+                plain_log_y(ax)
+        ax.set_xlim(-0.5, len(order) - 0.5)
+        ax.set_xticks(range(len(order)), order, rotation=35, ha="right", fontsize=8)
+        ax.grid(axis="x", visible=False)
+
+    def _legend_keys(self, fig, axes, handles: list, labels: list) -> None:
+        from matplotlib.lines import Line2D
+
+        if any(line.get_marker() == "x" for ax in np.ravel(axes) for line in ax.get_lines()):
+            handles.append(Line2D([], [], color="grey", marker="x", ls="none", ms=8, mew=2))
+            labels.append("x at top: not measured in that dtype")
+        if ringed(np.ravel(axes)):
+            handles.append(ring_handle())
+            labels.append(FLAG_TEXT)
+        fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(4, len(labels)),
+                   frameon=False, fontsize=9)
+
+
+def _workload(name: str):
+    from .workloads import get_workload
+
+    try:
+        return get_workload(str(name))
+    except Exception:  # noqa: BLE001 - a row of a workload this process cannot import
+        return None
 
 
 def timed(df: pd.DataFrame) -> pd.DataFrame:
-    """Rows that time a forward call (op, layer, model), not training-proxy rows."""
-    if "proxy_task" in df:
-        return df[df["proxy_task"].fillna("") == ""]
-    return df
-
-
-def _batch(sub: pd.DataFrame) -> str:
-    return ",".join(str(b) for b in sorted(sub["batch_size"].unique()))
+    """Rows of workloads whose latency columns time one call (as each workload says: ``timed``)."""
+    keep = {w for w in df["workload"].unique() if getattr(_workload(w), "timed", True)}
+    return df[df["workload"].isin(keep)]
 
 
 def _accuracy_choices(sub: pd.DataFrame):
-    """(workload, accuracy column, better) pairs that have data."""
-    for wl in ("layer", "op"):
-        if ((sub["workload"] == wl) & sub["rel_err_vs_exact"].notna()).any():
-            yield wl, "rel_err_vs_exact", "lower"
-            break
-    for col in ("proxy_top1", "fidelity_top1_agree"):
-        if col in sub and sub[col].notna().any():
-            wl = sub.loc[sub[col].notna(), "workload"].iloc[0]
-            yield wl, col, "higher"
+    """(workload, accuracy column, better) pairs that have data, as each workload declares them."""
+    for wl in sorted(sub["workload"].unique()):
+        for col, better in getattr(_workload(wl), "quality", ()):
+            if col in sub and (sub["workload"].eq(wl) & sub[col].notna()).any():
+                yield wl, col, better
+                break
 
 
 def _pick_resolutions(part: pd.DataFrame, most: int = 3) -> list[int]:

@@ -15,17 +15,27 @@ from pathlib import Path
 
 import pandas as pd
 
-from .collect import BASELINES, PAPER_NAMES, TableError, derive, read_table
-from .figures import NOT_OK, Figures, resolution_side
+from .collect import BASELINES, PAPER_NAMES, add_variant, derive
+from .figure_style import resolution_side
+from .figures import NOT_OK, Figures, speedup_flagged
 from .records import flagged_mask
+from .tables import REPORT_NEEDS, BadInput, checked, out_folder, read_rows
 
-def load_results(path: str | Path) -> pd.DataFrame:
-    """A results table; derived columns are (re)computed when missing. TableError when unreadable."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "results.parquet"
-    df = read_table(path)
-    return df if "speedup_vs_vanilla" in df.columns else derive(df)
+DERIVED = ("speedup_vs_vanilla", "speedup_vs_flash", "baseline_vanilla", "baseline_flash", "peak_tflops",
+           "frac_of_peak")
+SPLIT = ["device_name", "dtype", "workload", "direction", "timing", "model"]  # one table each: never mixed
+FLAG_MARK = "*"
+
+
+def load_results(path: str | Path, problems: list[str] | None = None) -> pd.DataFrame:
+    """A results table (file or folder), checked; derived columns are (re)computed when missing.
+    BadInput (one line) when it cannot be used; unreadable files that were skipped go to ``problems``."""
+    return prepared(read_rows(path, problems if problems is not None else []), str(path))
+
+
+def prepared(df: pd.DataFrame, source: str) -> pd.DataFrame:
+    df = checked(df, source, REPORT_NEEDS)
+    return add_variant(df) if all(c in df.columns for c in DERIVED) else derive(df)
 
 
 # -- the Markdown report ---------------------------------------------------------
@@ -42,14 +52,27 @@ def _cell(v) -> str:
     return str(v)
 
 
-def pivot(sub: pd.DataFrame, value: str, fmt: str = "{:.3g}") -> pd.DataFrame:
-    """variant x resolution; a case that was not measured shows its status instead of a number."""
+def _label(res) -> str:
+    """A resolution as tables show it: 224, 512x2048 (224.0 from an old table reads 224)."""
+    side = resolution_side(res)
+    return str(int(side)) if str(res).replace(".0", "").isdigit() and side == side else str(res)
+
+
+def pivot(sub: pd.DataFrame, value: str, fmt: str = "{:.3g}", flags: pd.Series | None = None) -> pd.DataFrame:
+    """variant x resolution; a case that was not measured shows its status instead of a number, a
+    flagged one a ``*``, a case with several rows their median and how many."""
+    flags = (flagged_mask(sub) if flags is None else flags).reindex(sub.index).fillna(False).astype(bool)
     cells = {}
-    for _, r in sub.iterrows():
-        val = r.get(value)
-        text = fmt.format(val) if r["status"] == "ok" and val == val and val is not None else (
-            NOT_OK.get(r["status"], r["status"]) if r["status"] != "ok" else "")
-        cells[(r["variant"], str(r["resolution"]))] = text
+    for (v, res), g in sub.groupby(["variant", "resolution"]):
+        ok = g[(g["status"] == "ok") & g[value].notna()]
+        if ok.empty:
+            bad = g[g["status"] != "ok"]["status"]
+            cells[(v, _label(res))] = NOT_OK.get(bad.iloc[0], bad.iloc[0]) if len(bad) else ""
+            continue
+        median = ok[value].median()
+        text = f"{median:,.0f}" if fmt == "{:.3g}" and abs(median) >= 1000 else fmt.format(median)
+        text += FLAG_MARK if flags[ok.index].any() else ""
+        cells[(v, _label(res))] = text + (f" ({len(ok)} rows)" if len(ok) > 1 else "")
     variants = sorted({k[0] for k in cells})
     res = sorted({k[1] for k in cells}, key=resolution_side)
     rows = [[v] + [cells.get((v, x), "") for x in res] for v in variants]
@@ -64,23 +87,25 @@ def _environment_table(df: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def write_report(table: str | Path | pd.DataFrame, out: str | Path | None = None) -> Path:
-    """Write every figure and ``report.md`` into ``out`` (default: ``report/`` beside the table)."""
+def write_report(table: str | Path | pd.DataFrame, out: str | Path | None = None,
+                 problems: list[str] | None = None) -> Path:
+    """Write every figure and ``report.md`` into ``out`` (default: ``report/`` beside the table, or in
+    the folder given). BadInput (one line) for a table or folder that cannot be used."""
+    problems = [] if problems is None else problems
     if isinstance(table, pd.DataFrame):
-        df, source = (table if "speedup_vs_vanilla" in table else derive(table)), "(in-memory table)"
-        out = Path(out or "report")
+        df, source = prepared(table, "(in-memory table)"), "(in-memory table)"
+        out = out_folder(out or "report")
     else:
-        df, source = load_results(table), str(table)
-        out = Path(out or Path(table).parent / "report")
-    out.mkdir(parents=True, exist_ok=True)
+        df, source = load_results(table, problems), str(table)
+        out = out_folder(out or (Path(table) if Path(table).is_dir() else Path(table).parent) / "report")
     figs = Figures(df, out)
     figs.versus_resolution("latency_ms_p50", "p50 latency (ms)", "latency", "Latency")
     figs.speedup()
-    figs.versus_resolution("peak_mem_mib", "peak memory (MiB)", "memory", "Peak memory",
+    figs.versus_resolution("peak_mem_mib", "peak memory (MiB)", "memory", "Peak memory", timing=False,
                            note="; CPU: torch allocations during one call (profiler), CUDA: max_memory_allocated")
     figs.pareto()
     figs.precision()
-    lines = header_section(df, source) + ["## Figures", ""]
+    lines = header_section(df, source, problems) + ["## Figures", ""]
     for png, caption in figs.written:
         lines += [f"![{png.stem}]({png.name})", "", f"*{caption}* (SVG: `{png.with_suffix('.svg').name}`)", ""]
     lines += tables_section(df) + flagged_section(df) + not_measured_section(df)
@@ -89,11 +114,12 @@ def write_report(table: str | Path | pd.DataFrame, out: str | Path | None = None
     return path
 
 
-def header_section(df: pd.DataFrame, source: str) -> list[str]:
+def header_section(df: pd.DataFrame, source: str, problems: list[str] = ()) -> list[str]:
     """Where the table came from, the machines, every status, what the derived columns mean."""
     lines = ["# Attention benchmark report", "",
              f"Source: `{source}` ({len(df)} rows), written {dt.datetime.now().isoformat(timespec='seconds')} "
              f"by `python -m suite.report`.", ""]
+    lines += [f"- Not read (its rows are missing here): {p}" for p in problems] + ([""] if problems else [])
     if (df["device"] == "cpu").all():
         lines += ["**CPU results.** Every row here was measured on a CPU: they check the pipeline and show "
                   "trends; they are not comparable with the paper's GPU numbers.", ""]
@@ -104,7 +130,7 @@ def header_section(df: pd.DataFrame, source: str) -> list[str]:
         col = f"baseline_{short}"
         if col in df and df[col].iloc[0]:
             lines.append(f"- `speedup_vs_{short}`: against `{df[col].iloc[0]}` on the same device, dtype, "
-                         f"workload, resolution and batch.")
+                         f"workload, direction, resolution and batch.")
     present = [f"`{v}` = {PAPER_NAMES[v]}" for v in PAPER_NAMES if v in set(df["variant"])]
     if present:
         lines.append("- The paper's names for the presets here: " + "; ".join(present) + ".")
@@ -117,14 +143,20 @@ def header_section(df: pd.DataFrame, source: str) -> list[str]:
 
 
 def tables_section(df: pd.DataFrame) -> list[str]:
-    lines = ["## Tables", ""]
-    for (dev, dt_, wl), sub in df.groupby(["device_name", "dtype", "workload"]):
-        lines += [f"### {dev} · {dt_} · {wl}", "", "p50 latency (ms):", "", md_table(pivot(sub, "latency_ms_p50")), ""]
-        for short in BASELINES:
+    """Latency, speedup and memory per device, dtype, workload, direction (and timing mode, model)."""
+    lines = ["## Tables", "", f"`{FLAG_MARK}`: timed under poor conditions (for a speedup: this row's timing or "
+             f"the baseline's); see *Flagged timings*.", ""]
+    flags = {short: speedup_flagged(df, short) for short in BASELINES if f"baseline_{short}" in df}
+    split = [c for c in SPLIT if c in df]
+    for keys, sub in df.groupby(split, dropna=False):
+        name = " · ".join(str(k) for k, c in zip(keys, split) if str(k) not in ("", "nan", "eager"))
+        lines += [f"### {name}", "", "p50 latency (ms):", "", md_table(pivot(sub, "latency_ms_p50")), ""]
+        for short in flags:
             if sub[f"speedup_vs_{short}"].notna().any():
                 lines += [f"Speedup over `{sub[f'baseline_{short}'].iloc[0]}` (x):", "",
-                          md_table(pivot(sub, f"speedup_vs_{short}", "{:.2f}")), ""]
-        lines += ["Peak memory (MiB):", "", md_table(pivot(sub, "peak_mem_mib", "{:.1f}")), ""]
+                          md_table(pivot(sub, f"speedup_vs_{short}", "{:.2f}", flags[short])), ""]
+        no_flags = pd.Series(False, index=sub.index)  # memory is not a timing
+        lines += ["Peak memory (MiB):", "", md_table(pivot(sub, "peak_mem_mib", "{:.1f}", no_flags)), ""]
     return lines
 
 
@@ -133,8 +165,9 @@ def not_measured_section(df: pd.DataFrame) -> list[str]:
     lines = ["## Cases not measured", ""]
     if bad.empty:
         return lines + ["Every case ran (status ok).", ""]
-    cols = ["device_name", "dtype", "workload", "variant", "resolution", "status", "reason"]
-    return lines + [md_table(bad[cols].sort_values(cols[:5]).assign(reason=bad["reason"].str.slice(0, 200))), ""]
+    cols = ["device_name", "dtype", "workload", "direction", "variant", "resolution", "status", "reason"]
+    bad = bad.assign(reason=bad["reason"].astype(str).str.slice(0, 200))
+    return lines + [md_table(bad[cols].sort_values(cols[:6])), ""]
 
 
 def flagged_section(df: pd.DataFrame) -> list[str]:
@@ -145,27 +178,33 @@ def flagged_section(df: pd.DataFrame) -> list[str]:
     flagged = df[(df["status"] == "ok") & flagged_mask(df)]
     if flagged.empty:
         return lines + ["Every measured case was timed under good conditions (timing_quality ok).", ""]
-    cols = ["device_name", "dtype", "workload", "variant", "resolution", "timing_quality", "timing_note"]
+    cols = ["device_name", "dtype", "workload", "direction", "variant", "resolution", "timing_quality", "timing_note"]
     lines += [f"{len(flagged)} of {int((df['status'] == 'ok').sum())} measured cases were timed under poor "
-              f"conditions; read their numbers with care:", ""]
-    return lines + [md_table(flagged[cols].sort_values(cols[:5])), ""]
+              f"conditions (ringed in red in the figures, `{FLAG_MARK}` in the tables, and so is every speedup "
+              f"computed from them); read their numbers with care:", ""]
+    return lines + [md_table(flagged[cols].sort_values(cols[:6])), ""]
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m suite.report", description=__doc__.split("\n\n")[0])
-    ap.add_argument("table", help="results.parquet / results.csv (or a directory holding results.parquet)")
-    ap.add_argument("--out", help="where figures and report.md go (default: report/ beside the table)")
+    ap.add_argument("table", help="results.parquet / results.csv, or a folder (its results.parquet files, "
+                                  "else its job records)")
+    ap.add_argument("--out", help="the folder for figures and report.md (default: report/ beside the table, "
+                                  "or inside the folder given)")
     args = ap.parse_args(argv)
-    if not Path(args.table).exists():
-        print(f"error: {args.table}: no such file; make one with python -m suite.collect <sweep dir>", file=sys.stderr)
-        raise SystemExit(2)
+    problems: list[str] = []
     try:
-        path = write_report(args.table, args.out)
-    except (TableError, KeyError) as e:
-        what = f"is not a results table (no column {e})" if isinstance(e, KeyError) else str(e)
-        print(f"error: {args.table}: {what}; make one with python -m suite.collect <sweep dir>", file=sys.stderr)
+        path = write_report(args.table, args.out, problems)
+    except BadInput as e:
+        print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
-    n = len(list(path.parent.glob("*.png")))
+    except OSError as e:  # the folder took the check but not the files (full disk, removed meanwhile)
+        print(f"error: could not write the report ({e.strerror or e}: {e.filename or ''}); give --out a writable "
+              f"folder", file=sys.stderr)
+        raise SystemExit(2) from None
+    for p in problems:
+        print(f"warning: could not read {p}", file=sys.stderr)
+    n = sum(line.startswith("![") for line in path.read_text().splitlines())
     print(f"{n} figures (PNG + SVG) and {path}")
 
 

@@ -90,6 +90,8 @@ class Workload:
     directions: ClassVar[tuple[str, ...]] = DIRECTIONS
     #: the report draws one panel per combination of these columns' values
     facets: ClassVar[tuple[str, ...]] = ("workload", "direction", "dtype")
+    #: (column, "lower" or "higher" is better): what the report's trade-off figure plots against speed
+    quality: ClassVar[tuple[tuple[str, str], ...]] = ()
     #: what ``extras`` measures, for the note when it fails
     extras_name: ClassVar[str] = "accuracy"
     #: True when the shared timing step times ``Built.fn`` and FLOPs are counted on it.

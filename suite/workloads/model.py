@@ -243,6 +243,7 @@ class Model(Workload):
     groups = {"model": ModelConfig}
     columns = COLUMNS
     summary = SUMMARY
+    quality = (("fidelity_top1_agree", "higher"), ("fidelity_feat_cos", "higher"))
     facets = ("workload", "model", "direction", "dtype")
     extras_name = "attention share and fidelity"
 

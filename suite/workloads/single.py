@@ -59,6 +59,7 @@ class SingleAttention(Workload):
     Settings = SingleSettings
     columns = COLUMNS
     summary = SUMMARY
+    quality = (("rel_err_vs_exact", "lower"),)
     part = "layer"  # what the attention's FLOP and memory answers cover: "attend" (op) or "layer"
 
     def describe(self, job: Job) -> Case:

@@ -241,6 +241,7 @@ class TrainProxy(Workload):
     groups = {"model": ModelConfig, "proxy": ProxyConfig}
     columns = COLUMNS
     summary = SUMMARY
+    quality = (("proxy_top1", "higher"),)
     directions = ("fwd",)  # it always trains: forward, backward and update in every step
     facets = ("workload", "proxy_task", "dtype")
     timed = False

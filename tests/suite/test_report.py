@@ -8,6 +8,7 @@ import pytest
 
 from suite import collect as C
 from suite import report as R
+from suite.figure_style import Measure, draw_lines
 from suite.records import Record, write_records
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -130,7 +131,8 @@ def test_missing_cases_are_drawn_as_x_at_the_top(tmp_path):
     df = R.load_results(_table(tmp_path))
     figs = R.Figures(df, tmp_path)
     fig, ax = figs.plt.subplots()
-    figs._lines(ax, df[(df["dtype"] == "fp16") & (df["workload"] == "layer")], "latency_ms_p50")
+    draw_lines(ax, df[(df["dtype"] == "fp16") & (df["workload"] == "layer")], Measure("latency_ms_p50", "ms"),
+               figs.styles)
     xs = [ln for ln in ax.get_lines() if ln.get_marker() == "x"]
     assert len(xs) == 2  # vanilla skipped at 4096, cswin invalid at 224
     assert {t.get_text() for t in ax.texts} == {"skipped", "invalid"}
