@@ -22,7 +22,8 @@ import torch
 
 from .config import Job, attention_options
 
-STATUSES = ("ok", "oom", "unsupported", "unavailable", "invalid", "skipped", "error", "interrupted")
+STATUSES = ("ok", "oom", "unsupported", "unavailable", "invalid", "skipped", "error", "interrupted",
+            "cancelled", "timeout", "preempted")  # the last three: a Slurm job that ended without its row
 
 NAN = math.nan
 
