@@ -172,8 +172,14 @@ class SlurmSweepLauncher(SlurmLauncher):
                 subprocess.run(["scancel", *ids], capture_output=True, timeout=60)
                 states = self._wait_all(subs, [nums[i] for i in to_submit], limit_s=120)
             for i, job in zip(to_submit, subs):
-                returns[i] = self._outcome(job, states.get(job.job_id, {}), jobs[i], cfgs[i], dirs[i], nums[i],
-                                           sweep_dir, submitted_at)
+                try:
+                    returns[i] = self._outcome(job, states.get(job.job_id, {}), jobs[i], cfgs[i], dirs[i], nums[i],
+                                               sweep_dir, submitted_at)
+                except Exception as e:  # noqa: BLE001 - one job's bookkeeping never ends the sweep
+                    print(f"slurm: #{nums[i]} (job {job.job_id}): could not read how it ended "
+                          f"({type(e).__name__}: {e})", flush=True)
+                    returns[i] = JobReturn(overrides=jobs[i], working_dir=str(dirs[i]), status=JobStatus.COMPLETED,
+                                           _return_value=[])
         if interrupted:
             raise KeyboardInterrupt
         return [returns[i] for i in range(len(jobs))]
@@ -256,7 +262,6 @@ class SlurmSweepLauncher(SlurmLauncher):
             time.sleep(1.0)
         return final
 
-    @staticmethod
     def _outcome(self, sub: Any, info: dict[str, str], overrides: list[str], cfg: DictConfig, job_dir: Path,
                  num: int, sweep_dir: Path, submitted_at: float) -> JobReturn:
         """The job's JobReturn; a row of its own when it ended without writing one."""
@@ -279,8 +284,8 @@ class SlurmSweepLauncher(SlurmLauncher):
             reason = describe_state(sub.job_id, info) if info else \
                 f"Slurm job {sub.job_id} ended with no state from sacct or scontrol"
         node = info.get("NodeList", "") if info.get("NodeList") not in ("None assigned", "(null)") else ""
-        rows = [] if wrote_rows(job_dir, submitted_at) else problem_row(cfg, overrides, job_dir, sweep_dir,
-                                                                             status, reason, submitted_at, node)
+        rows = [] if wrote_rows(job_dir, submitted_at) else \
+            problem_row(cfg, overrides, job_dir, sweep_dir, status, reason, submitted_at, node)
         if rows is not None:
             from .callbacks import one_line
 

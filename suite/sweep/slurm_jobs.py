@@ -22,6 +22,7 @@ STATE_STATUS = {"CANCELLED": "cancelled", "TIMEOUT": "timeout", "DEADLINE": "tim
                 "OUT_OF_MEMORY": "oom"}
 FINAL_STATES = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "DEADLINE", "PREEMPTED", "OUT_OF_MEMORY",
                 "NODE_FAIL", "BOOT_FAIL", "REVOKED")
+REQUEUEABLE = ("PREEMPTED", "NODE_FAIL", "REQUEUED")  # sacct's word when Slurm may run the job again
 ON_A_NODE = ("RUNNING", "COMPLETING", "CONFIGURING", "SIGNALING", "STAGE_OUT", "SUSPENDED", "STOPPED",
              "RESIZING")
 # sbatch's refusal, as words in its message -> the launcher setting to look at.
@@ -64,22 +65,40 @@ def slurm_states(job_ids: Sequence[str]) -> dict[str, dict[str, str]]:
             continue
         for jid in ids:
             out[jid] = values
-    for jid in job_ids:
-        # slurmctld's own view (jobs it still holds, MinJobAge): where sacct knows nothing (no accounting, not
-        # there yet), and where sacct's last word may not be the end: a PREEMPTED or NODE_FAIL job that Slurm
-        # requeues shows as such in sacct until its next run starts
-        if jid in out and state_word(out[jid].get("State", "")) not in ("PREEMPTED", "NODE_FAIL", "REQUEUED"):
-            continue
+    # slurmctld's own view (the jobs it still holds, MinJobAge) where sacct knows nothing (accounting off, or
+    # not recorded yet) and where sacct's last word may not be the end: a PREEMPTED or NODE_FAIL job that Slurm
+    # requeues shows as such in sacct until its next run starts
+    doubtful = [j for j in job_ids if j not in out or state_word(out[j].get("State", "")) in REQUEUEABLE]
+    if doubtful:
+        live = _scontrol_states(sorted({j.split("_")[0] for j in doubtful}))
+        for jid in doubtful:
+            if jid in live and (jid not in out or state_word(live[jid]["State"]) not in FINAL_STATES):
+                out[jid] = live[jid]
+    return out
+
+
+def _scontrol_states(parents: Sequence[str]) -> dict[str, dict[str, str]]:
+    """``scontrol show job`` of each job (an array's every task in one call), as slurm_states() gives it."""
+    out: dict[str, dict[str, str]] = {}
+    for parent in parents:
         try:
-            text = subprocess.run(["scontrol", "-o", "show", "job", jid], capture_output=True, text=True,
+            text = subprocess.run(["scontrol", "-o", "show", "job", parent], capture_output=True, text=True,
                                   timeout=60).stdout
         except (OSError, subprocess.SubprocessError):
             continue
-        kv = dict(w.split("=", 1) for w in text.split() if "=" in w)
-        if kv.get("JobState") and (jid not in out or state_word(kv["JobState"]) not in FINAL_STATES):
-            out[jid] = {"JobID": jid, "State": kv["JobState"], "Reason": kv.get("Reason", ""),
-                        "ExitCode": kv.get("ExitCode", ""), "NodeList": kv.get("NodeList", ""),
-                        "Elapsed": kv.get("RunTime", ""), "Restarts": kv.get("Restarts", "0")}
+        for line in text.splitlines():
+            kv = dict(w.split("=", 1) for w in line.split() if "=" in w)
+            if not kv.get("JobState"):
+                continue
+            array, task = kv.get("ArrayJobId", ""), kv.get("ArrayTaskId", "")
+            try:
+                ids = _expand_ids(f"{array}_[{task}]" if array and task else kv.get("JobId", ""))
+            except Exception:  # noqa: BLE001 - an id this parser does not know: not ours
+                continue
+            info = {"JobID": ids[0] if ids else "", "State": kv["JobState"], "Reason": kv.get("Reason", ""),
+                    "ExitCode": kv.get("ExitCode", ""), "NodeList": kv.get("NodeList", ""),
+                    "Elapsed": kv.get("RunTime", ""), "Restarts": kv.get("Restarts", "0")}
+            out.update({jid: info for jid in ids})
     return out
 
 

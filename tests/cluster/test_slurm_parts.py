@@ -70,3 +70,19 @@ def test_plan_jobs_skips_cases_with_an_ok_row(tmp_path, run_job):
     to_submit, skipped = plan_jobs(jobs, tmp_path)
     assert to_submit == [1, 2, 3] and list(skipped) == [0]
     assert str(tmp_path / "a") in skipped[0]
+
+
+def test_a_preempted_job_that_slurm_requeued_is_not_over(monkeypatch):
+    """sacct says PREEMPTED until the requeued job runs again; scontrol's PENDING wins (the sweep waits)."""
+    import subprocess
+
+    from suite.sweep import slurm_jobs
+
+    said = {"sacct": "9_0|PREEMPTED|None|0:0|n1|00:00:05\n9_[1-2%2]|PENDING|None|0:0|None assigned|00:00:00\n",
+            "scontrol": "JobId=10 ArrayJobId=9 ArrayTaskId=0 JobState=PENDING Reason=BeginTime Restarts=1 "
+                        "ExitCode=0:0 NodeList=(null) RunTime=00:00:00\n"}
+    monkeypatch.setattr(slurm_jobs.subprocess, "run", lambda cmd, **kw: subprocess.CompletedProcess(
+        cmd, 0, stdout=said[cmd[0]], stderr=""))
+    states = slurm_jobs.slurm_states(["9_0", "9_1", "9_2"])
+    assert {j: s["State"] for j, s in states.items()} == {"9_0": "PENDING", "9_1": "PENDING", "9_2": "PENDING"}
+    assert states["9_0"]["Restarts"] == "1"
