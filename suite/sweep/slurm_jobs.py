@@ -31,7 +31,6 @@ SBATCH_SETTINGS = (("gres", "gpus_per_node"), ("gpu", "gpus_per_node"), ("accoun
                    ("time limit", "timeout_min"), ("memory", "mem_gb"), ("node configuration", "cpus_per_task"))
 
 
-
 # -- Slurm's word on a job ------------------------------------------------------------
 def _expand_ids(job_id: str) -> list[str]:
     """sacct's JobID, array ranges expanded: "7_[0-2%2]" -> 7_0, 7_1, 7_2."""
@@ -143,7 +142,12 @@ def still_on_a_node(ids: list[str]) -> bool:
 
 # -- in each job --------------------------------------------------------------------
 def take_signals() -> None:
-    """In a Slurm job, before the case runs: replace submitit's handlers (module docstring)."""
+    """In a Slurm job, before the case runs, replace submitit's handlers: its USR2 handler raises inside the
+    running case when the job is not requeued (always, for a short time limit), and it ignores SIGTERM, so a
+    cancelled job runs on until Slurm's SIGKILL (KillWait later). Here USR2 (``signal_delay_s`` before the
+    limit, or a preemption with PreemptParameters=send_user_signal) prints one line and the case goes on;
+    SIGTERM (scancel, a preemption, the limit) ends the job at once. Either way the launcher reads why the
+    job ended from Slurm and writes its row."""
     from submitit.core.job_environment import JobEnvironment
 
     def near_limit(signum: int, frame: Any) -> None:
