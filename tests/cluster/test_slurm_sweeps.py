@@ -215,7 +215,8 @@ def test_slurm_gpus_on_a_cpu_node(tmp_path):
     if _node_gpus():
         assert p.returncode == 0, p.stderr[-3000:]
         facts = json.loads(next(tmp_path.rglob("slurm_job.json")).read_text())["slurm"]
-        assert facts["gpus"] == 1 and facts["cuda_visible_devices"], facts
+        # Slurm 22.05 sets only SLURM_GPUS_ON_NODE for fake (plain-file) GPUs, no CUDA_VISIBLE_DEVICES
+        assert facts["gpus"] == 1, facts
         return
     assert p.returncode == 2, p.stderr[-3000:]
     err = [ln for ln in p.stderr.splitlines() if ln.strip()]
