@@ -39,6 +39,9 @@ wait_for() {  # wait_for SECONDS CMD...: true once CMD succeeds
 
 [ "$(id -u)" -eq 0 ] || die "start.sh must run as root (it installs packages and starts daemons)"
 mkdir -p "$D"/{log,run,state/ctld,state/d} "$ETC" || die "cannot create $D"
+if [ -f "$ETC/slurm.conf" ] && ! grep -qF "$MARK" "$ETC/slurm.conf"; then
+  die "$ETC/slurm.conf exists and was not written by this script; not touching it"
+fi
 
 # -- packages -------------------------------------------------------------------
 need=()
@@ -66,9 +69,6 @@ if ! munge -n 2>/dev/null | unmunge >/dev/null 2>&1; then
 fi
 
 # -- configuration ------------------------------------------------------------------
-if [ -f "$ETC/slurm.conf" ] && ! grep -qF "$MARK" "$ETC/slurm.conf"; then
-  die "$ETC/slurm.conf exists and was not written by this script; not touching it"
-fi
 hw=$(slurmd -C 2>/dev/null | head -1)
 mem=$(sed -n 's/.*RealMemory=\([0-9]*\).*/\1/p' <<<"$hw")
 [ -n "$mem" ] || die "slurmd -C did not report the node's memory"

@@ -4,7 +4,7 @@ Needs a cluster that answers here: ``bash .ci/slurm/start.sh`` makes one on
 this machine (a `debug` partition, default, and an `urgent` one whose jobs
 preempt debug jobs, REQUEUE). Skipped, with the reason, when ``sinfo`` is
 missing or no node is up; with ``SLURM_TESTS=required`` (CI) that fails
-instead. Run: ``pytest tests/cluster -m slurm`` (about 4 minutes on 2 cores).
+instead. Run: ``pytest tests/cluster -m slurm`` (about 3 minutes on 2 cores).
 """
 from __future__ import annotations
 
