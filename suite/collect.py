@@ -17,8 +17,10 @@ per measured case; the columns are the Record columns plus derived ones:
   ``frac_of_roofline``: where the GPU's datasheet peak is known (PEAKS).
 
 Inside one directory a case measured twice on one machine (a rerun) keeps
-one row in the merged table: its newest ``ok`` row, else its newest row (the
-job tables keep every row; collect says how many rows it superseded). A case
+one row in the merged table: its newest ``ok`` row, else its newest row; a
+row of a job that never finished (cancelled, timeout, preempted, interrupted)
+gives way to an ok row of its case (the job tables keep every row; collect
+says how many rows it superseded). A case
 is the ``case`` column (every setting that changes what is measured: seed,
 threads, model weights... included). Tables from different arguments are
 concatenated as they are, so different machines stay distinguishable by
@@ -41,6 +43,7 @@ DERIVED = ("speedup_vs_vanilla", "speedup_vs_flash", "baseline_vanilla", "baseli
            "speedup_vs_vanilla_flagged", "speedup_vs_flash_flagged",
            "peak_tflops", "peak_gbps", "arith_intensity", "roofline_tflops", "frac_of_peak", "frac_of_roofline",
            "job_dir")
+UNFINISHED = ("cancelled", "timeout", "preempted", "interrupted")
 # The paper's names for presets of this suite (its baselines, measured here under these names).
 PAPER_NAMES = {"vanilla_lepe": "GLOBAL (vanilla attention + LePE, the paper's VaniATT)",
                "elfatt_local": "LOCAL (every head in stripes, with LePE)",
@@ -117,6 +120,10 @@ def dedupe(df: pd.DataFrame, said: list[str] | None = None) -> pd.DataFrame:
     order = df.assign(_key=keys, _ok=(df["status"] == "ok").astype(int))
     order = order.sort_values(["_ok", "timestamp"], ascending=[False, False], kind="stable")
     kept = order.drop_duplicates("_key")
+    # a job that never finished (cancelled, timed out, preempted, interrupted) is superseded by an ok row
+    # of its case measured anywhere: its row may not know the device name it would have had
+    done = {case_key(r) for r in kept[kept["_ok"] == 1].to_dict("records")}
+    kept = kept[~(kept["status"].isin(UNFINISHED) & [case_key(r) in done for r in kept.to_dict("records")])]
     if said is not None and len(kept) < len(df):
         by_ok = int(((order["_ok"] == 0) & order.duplicated("_key") & order["_key"].isin(
             kept.loc[kept["_ok"] == 1, "_key"])).sum())

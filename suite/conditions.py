@@ -8,14 +8,16 @@ clock-event reasons seen while it ran, the other processes on the GPU and
 the temperature. From these, one verdict per row (``timing_quality``), first
 rule that applies, with every reason in ``timing_note``:
 
-- ``throttled`` (GPU): NVML reported a reason that holds clocks back (power
-  cap, thermal or hardware slowdown) during the loop, or the SM clock fell
-  below 90% of its value at the start.
+- ``throttled`` (GPU): NVML reported a thermal or hardware slowdown during
+  the loop. The power cap and a lower SM clock under it are the normal state
+  of a loaded GPU: the note says so, the verdict does not change.
 - ``contended``: other processes used at least ``contention_cores`` CPU
   cores on average during the loop (from /proc/stat, less this process's own
   CPU time; where that is not available, the 1-minute load average before
   the loop exceeded the CPUs this process may use), or more torch threads
-  than CPUs were asked for, or another process computes on the same GPU.
+  than CPUs were asked for (or than Slurm allocated), or a Slurm job's CPU
+  binding lets it run on CPUs given to other jobs, or another process
+  computes on the same GPU.
 - ``noisy``: the p10-p90 spread exceeds ``noise_pct`` percent of the p50.
 - ``ok`` otherwise.
 
@@ -32,7 +34,8 @@ from dataclasses import dataclass
 import torch
 
 from . import progress
-from .device import HELD_BACK, Nvml, reason_names
+from .device import HELD_BACK, POWER_MANAGED, Nvml, reason_names
+from .sweep.slurm_env import slurm_facts
 from .measure import Timing
 
 QUALITY = ("ok", "noisy", "contended", "throttled")  # best first
@@ -143,6 +146,9 @@ def observe(loop, device: torch.device, nvml: Nvml, window_s: float = LOAD_WINDO
     busy1, cpu1, wall = _busy_jiffies(), time.process_time(), time.perf_counter() - w0
     cols = dict(threads=torch.get_num_threads(), cpu_affinity=cpu_affinity(), load_avg_before=load_before,
                 load_avg_after=_load1(), timed_wall_s=t.total_s, timed_cpu_s=t.cpu_s, **gpu.columns())
+    slurm = slurm_facts()
+    if slurm["in_slurm"]:
+        cols.update(slurm_cpus=slurm["cpus"], cpu_binding=slurm["binding"])
     if busy0 and busy1 and wall > 0 and window_s > 0:
         others = (busy1[0] - busy0[0]) - (cpu1 - cpu0)  # warmup included on both sides
         cols["other_cpu_load"] = min(float(os.cpu_count() or 1), max(0.0, others / wall))
@@ -164,12 +170,20 @@ class Limits:
 def verdict(t: Timing, c: dict, device: torch.device, limits: Limits = Limits()) -> tuple[str, list[str]]:
     """(timing_quality, reasons) by the rules in the module docstring."""
     found: dict[str, list[str]] = {q: [] for q in QUALITY[1:]} | {"unmeasured": []}
-    held = [r for r in str(c.get("gpu_throttle_reasons", "")).split(",") if r in HELD_BACK]
-    if held:
-        found["throttled"].append(f"NVML reported {', '.join(held)} during the loop")
+    seen = str(c.get("gpu_throttle_reasons", "")).split(",")
+    held = [r for r in seen if r in HELD_BACK]
     start, low = c.get("gpu_sm_clock_mhz_start"), c.get("gpu_sm_clock_mhz_min")
-    if start and low and low < 0.9 * start:
-        found["throttled"].append(f"SM clock fell from {start:.0f} to {low:.0f} MHz during the loop")
+    fell = f"SM clock {start:.0f} -> {low:.0f} MHz" if start and low and low < 0.9 * start else ""
+    if held:
+        found["throttled"].append(f"NVML reported {', '.join(held)} during the loop" + (f"; {fell}" if fell else ""))
+    elif fell or any(r in POWER_MANAGED for r in seen):  # normal power management: said, not flagged
+        found["unmeasured"].append("power management: " + ", ".join(
+            p for p in (fell, "sw_power_cap seen" if "sw_power_cap" in seen else "") if p) + " (not a slowdown)")
+    if c.get("cpu_binding") == "loose":
+        found["contended"].append(f"the CPU binding allows {c.get('cpu_affinity')} CPUs but Slurm allocated "
+                                  f"{c.get('slurm_cpus')}: threads may run on CPUs given to other jobs")
+    if c.get("slurm_cpus") and c.get("threads", 0) > c["slurm_cpus"]:
+        found["contended"].append(f"threads={c['threads']} exceeds the {c['slurm_cpus']} CPUs Slurm allocated")
     others = c.get("other_cpu_load")
     if others is None and limits.load_window_s <= 0:
         found["unmeasured"].append("other processes' CPU load not measured (load_window_s=0)")

@@ -109,6 +109,12 @@ def environment(device: torch.device) -> dict[str, object]:
         env["device_name"] = torch.cuda.get_device_name(device)
     else:
         env["device_name"] = env["cpu_model"]
+    from .sweep.slurm_env import slurm_facts
+
+    slurm = slurm_facts()
+    if slurm["in_slurm"]:  # where a Slurm job ran: the ids sacct takes, the node, what it was given
+        env.update(slurm_job=slurm["slurm_id"], slurm_nodelist=slurm["nodelist"],
+                   slurm_partition=slurm["partition"], slurm_cpus=slurm["cpus"], slurm_gpus=slurm["gpus"])
     return env
 
 
@@ -116,7 +122,11 @@ def environment(device: torch.device) -> dict[str, object]:
 THROTTLE_REASONS = {0x1: "gpu_idle", 0x2: "applications_clocks_setting", 0x4: "sw_power_cap", 0x8: "hw_slowdown",
                     0x10: "sync_boost", 0x20: "sw_thermal_slowdown", 0x40: "hw_thermal_slowdown",
                     0x80: "hw_power_brake_slowdown", 0x100: "display_clock_setting"}
-HELD_BACK = ("sw_power_cap", "hw_slowdown", "sw_thermal_slowdown", "hw_thermal_slowdown", "hw_power_brake_slowdown")
+# Thermal and hardware slowdowns: the GPU was held back, the timing is flagged. The power cap
+# is the normal state of a loaded GPU (an H200 under an fp16 matmul ran at its 700 W cap, SM
+# clock 1095-1980 MHz): recorded, never a verdict by itself.
+HELD_BACK = ("hw_slowdown", "sw_thermal_slowdown", "hw_thermal_slowdown", "hw_power_brake_slowdown")
+POWER_MANAGED = ("sw_power_cap",)
 
 
 def nvml_ids(device: torch.device) -> list[str]:

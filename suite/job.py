@@ -89,17 +89,41 @@ def raw_job(cfg: DictConfig, run_dir: str | Path, *, choice: str | None = None, 
                label, "", Path(sweep_dir) if sweep_dir else None)
 
 
-def case_identity(job: Job, wl: Workload, device: torch.device, precision_name: str) -> str:
-    """Every setting that changes what is measured, as one JSON: the case a row measures.
-    Settings that only change how long or how often (repeats, warmup, retries,
-    limits, folders) are not part of it (``identity`` metadata in suite/config.py)."""
+def identity(job: Job, wl: Workload, device_type: str | None, precision_name: str | None,
+             threads: int | None) -> dict:
+    """Every setting that changes what is measured (``identity`` metadata in suite/config.py);
+    settings that only change how long or how often (repeats, warmup, retries, limits,
+    folders) are not part of it. None where the value is only known where the job runs."""
     cfg = job.cfg
     ident = {k: v for k, v in identity_of(cfg).items() if k not in ("model", "proxy", "precision", "device")}
-    ident.update(precision=precision_name, device=device.type, threads=cfg.threads or cpu_affinity(),
+    ident.update(precision=precision_name, device=device_type, threads=threads,
                  resolution=list(parse_resolution(cfg.resolution)), workload=identity_of(cfg.workload))
     for group in wl.groups:
         ident[group] = identity_of(getattr(cfg, group))
-    return canonical(ident)
+    return ident
+
+
+def case_identity(job: Job, wl: Workload, device: torch.device, precision_name: str) -> str:
+    """The case a row measures, as one JSON (the ``case`` column)."""
+    return canonical(identity(job, wl, device.type, precision_name, job.cfg.threads or cpu_affinity()))
+
+
+def planned_identity(job: Job) -> dict:
+    """The case as the machine that submits a job can know it: device, precision and
+    threads are None (any) where they are decided on the node (auto, 0)."""
+    cfg = job.cfg
+    return identity(job, workload_of(cfg), None if cfg.device.name == "auto" else cfg.device.name,
+                    None if cfg.precision.name == "auto" else cfg.precision.name, cfg.threads or None)
+
+
+def same_case(case_json: str, planned: dict) -> bool:
+    """Whether a row's ``case`` is the ``planned`` case (None in ``planned`` matches anything)."""
+    try:
+        case = json.loads(case_json)
+    except (TypeError, ValueError):
+        return False
+    want = json.loads(canonical(planned))
+    return set(case) == set(want) and all(v is None or case[k] == v for k, v in want.items())
 
 
 # -- measuring --------------------------------------------------------------------

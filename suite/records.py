@@ -25,8 +25,8 @@ from . import storage
 from .config import Job, attention_options
 from .storage import RowsNotWritten, atomic_write  # noqa: F401  (re-exported: the row API in one place)
 
-STATUSES = ("ok", "oom", "unsupported", "unavailable", "invalid", "skipped", "error", "interrupted", "cancelled",
-            "timeout", "preempted")
+STATUSES = ("ok", "oom", "unsupported", "unavailable", "invalid", "skipped", "error", "interrupted",
+            "cancelled", "timeout", "preempted")  # the last three: a Slurm job that ended without its row
 
 NAN = math.nan
 
@@ -110,6 +110,12 @@ class Core:
     python_version: str = ""
     cpu_model: str = ""
     hostname: str = ""
+    slurm_job: str = ""  # a Slurm job: <array job>_<task> (what sacct and scancel take), or the job id
+    slurm_nodelist: str = ""
+    slurm_partition: str = ""
+    slurm_cpus: int = 0  # CPUs Slurm allocated to the task
+    slurm_gpus: int = 0  # GPUs Slurm allocated on the node
+    cpu_binding: str = ""  # ok / loose (the affinity allows more CPUs than allocated) / "" outside Slurm
     git_sha: str = ""
     timestamp: str = ""
     config: str = ""  # the full resolved config, as YAML

@@ -53,9 +53,9 @@ def test_verdict_rules_in_order():
     assert q == "contended" and "other processes used 1.7 CPU cores" in why[0] and len(why) == 2
     q, why = verdict(timing(), dict(quiet, threads=8), cpu)
     assert q == "contended" and "threads=8 exceeds the 2 CPUs" in why[0]
-    gpu = dict(quiet, gpu_sm_clock_mhz_start=1980, gpu_sm_clock_mhz_min=1400, gpu_throttle_reasons="sw_power_cap")
+    gpu = dict(quiet, gpu_sm_clock_mhz_start=1980, gpu_sm_clock_mhz_min=1400, gpu_throttle_reasons="hw_slowdown")
     q, why = verdict(timing(), gpu, torch.device("cuda"))
-    assert q == "throttled" and any("sw_power_cap" in w for w in why) and any("1980 to 1400" in w for w in why)
+    assert q == "throttled" and any("hw_slowdown" in w and "1980 -> 1400" in w for w in why)
     assert verdict(timing(0.9, 1.0, 1.1), quiet, cpu, Limits(noise_pct=10))[0] == "noisy"
 
 
@@ -360,3 +360,20 @@ def test_spread_notes_never_say_a_limit_exceeds_itself():
     q, why = verdict(timing(0.9, 1.0, 1.102), dict(threads=1, cpu_affinity=2, other_cpu_load=0.0),
                      torch.device("cpu"))
     assert q == "noisy" and "spread 20.2% of p50 > 20%" in why[0]
+
+
+def test_power_management_is_said_not_flagged_and_loose_slurm_binding_is():
+    """An H200 under load sits at its power cap with the SM clock well below its start: normal, noted;
+    a thermal or hardware slowdown is throttling; a Slurm job free to use CPUs it was not given is contended."""
+    gpu = torch.device("cuda")
+    base = dict(threads=1, cpu_affinity=2, other_cpu_load=0.0)
+    capped = dict(base, gpu_sm_clock_mhz_start=1980, gpu_sm_clock_mhz_min=1095, gpu_throttle_reasons="sw_power_cap")
+    q, why = verdict(timing(), capped, gpu)
+    assert q == "ok" and "power management" in why[0] and "1980 -> 1095" in why[0]
+    q, why = verdict(timing(), dict(capped, gpu_throttle_reasons="sw_power_cap,hw_thermal_slowdown"), gpu)
+    assert q == "throttled" and "hw_thermal_slowdown" in why[0]
+    q, why = verdict(timing(), dict(base, cpu_affinity=16, slurm_cpus=1, cpu_binding="loose"), torch.device("cpu"))
+    assert q == "contended" and "allows 16 CPUs but Slurm allocated 1" in why[0]
+    q, why = verdict(timing(), dict(base, threads=4, cpu_affinity=4, slurm_cpus=2, cpu_binding="ok"),
+                     torch.device("cpu"))
+    assert q == "contended" and "threads=4 exceeds the 2 CPUs Slurm allocated" in why[0]
