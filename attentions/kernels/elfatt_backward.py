@@ -67,13 +67,13 @@ def load_backward_kernels():
 def tiles(D: int, tuning: Tuning, N: int, L: int | None = None) -> dict:
     """Tiles, warps and stages for branch width D. The defaults compile for
     sm_90 without spills at every width up to 128: the token reductions unroll
-    their nine LePE taps (8 warps and, at width 128, 32-token tiles keep them
-    at 128 registers); width 128 needs 8 warps in the global tile and dk-dv
-    kernels (4 spill)."""
+    their nine LePE taps over 32-token tiles with 8 warps (80 registers at
+    width 64: 3 programs per SM; 64-token tiles take 136, one per SM); width
+    128 needs 8 warps in the global tile and dk-dv roles (4 spill)."""
     wide = pow2(D) > 64
     cap_n, cap_l = pow2(N), pow2(L or N)
     t = tuning
-    return {"red_bm": choose(t.bwd_red_bm, min(32 if wide else 64, cap_n)), "red_warps": choose(t.bwd_red_warps, 8),
+    return {"red_bm": choose(t.bwd_red_bm, min(32, cap_n)), "red_warps": choose(t.bwd_red_warps, 8),
             "tile_bm": choose(t.bwd_tile_bm, min(64, cap_n)), "tile_warps": choose(t.bwd_tile_warps, 8 if wide else 4),
             "kv_bm": choose(t.bwd_kv_bm, min(64, cap_l)), "kv_bn": choose(t.bwd_kv_bn, min(64, cap_l)),
             "kv_warps": choose(t.bwd_kv_warps, 8 if wide else 4), "q_bm": choose(t.bwd_q_bm, min(64, cap_l)),

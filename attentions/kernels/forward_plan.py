@@ -143,7 +143,7 @@ def global_consts(case: Case, br: Branches) -> tuple[dict, dict, int]:
     """(context kernel's constants, combine's constants or {}, splits)."""
     t, BD = case.tuning, pow2(br.dg)
     BN = choose(t.ctx_bn, min(64, pow2(br.N)))
-    chunk, S = token_splits(br.N, BN, br.B * br.G, case.sms, t.global_splits)
+    chunk, S = token_splits(br.N, BN, br.B * br.G, case.sms, t.global_splits, waves=3)  # 3 fit per SM (139 regs)
     ctx = dict(WIDTH=br.dg, CHUNK=chunk, BN=BN, BD=BD, SINGLE=S == 1, DOT_PREC=dot_prec(case.dtype),
                STORE_STATS=case.keep and S == 1)
     comb = dict(WIDTH=br.dg, S=S, BD=BD, CR=merge_rows(BD, br.B * br.G, case.sms), STORE_STATS=case.keep) \

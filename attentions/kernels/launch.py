@@ -85,6 +85,26 @@ class Prepared:
     def programs(self) -> int:
         return self.grid[0] * self.grid[1] * self.grid[2]
 
+    def compile_for(self, capability: int = 90):
+        """This launch compiled for a CUDA GPU of ``capability`` without one (ahead of time), as
+        triton's JIT would compile it there: the arguments go through triton's own binder, so
+        integers are specialised as at run time (== 1: constexpr; % 16: divisible) and pointers
+        as 16-byte aligned (what the plans' buffers are)."""
+        import triton
+        from triton.backends.compiler import GPUTarget
+        from triton.compiler import ASTSource, make_backend
+        from triton.runtime.jit import create_function_from_signature
+
+        target = GPUTarget("cuda", capability, 32)
+        backend = make_backend(target)
+        args = [torch.empty(16, dtype=a.dtype) if isinstance(a, Ptr) else a for a in self.args]
+        kwargs = {"num_warps": self.warps, "num_stages": self.stages, "debug": False}
+        binder = create_function_from_signature(self.kernel.signature, self.kernel.params, backend)
+        bound, specialization, _ = binder(*args, **kwargs)
+        options, signature, constexprs, attrs = self.kernel._pack_args(backend, kwargs, bound, specialization, kwargs)
+        return triton.compile(ASTSource(self.kernel, signature, constexprs, attrs), target=target,
+                              options=options.__dict__)
+
     def jit(self, slots: list):
         """Launch through triton's JIT (or interpreter); returns what it returns (the compiled kernel)."""
         args = list(self.args)
