@@ -289,5 +289,6 @@ def build(case: Case, kt) -> tuple[list[Prepared], dict, dict, dict[str, str]]:
     if glob:
         cc = glob["ctx"].consts
         info["global"] = f"splits={S} chunk={cc['CHUNK']} BN={cc['BN']} BM={glob['out'].consts['BM']}"
-    info["launches"] = str(len(launches) + (2 if case.spec.has_local() and case.tuning.local == "sdpa" else 0))
+    # Triton launches per call (with local=sdpa: SDPA's own kernels, then the LePE epilogue)
+    info["launches"] = str(len(launches) + (1 if case.spec.has_local() and case.tuning.local == "sdpa" else 0))
     return launches, saved, ws, info

@@ -125,6 +125,9 @@ CASES = [
     (24, 3, (4, 10), 1, {"global_heads": 3}, SMALL_TILES),  # global only, 3 splits
     (16, 2, (4, 6), 2, {"global_heads": 0}, {}),  # local only
     (16, 2, (4, 10), 2, {"block_rows": 2}, SMALL_TILES),  # 2 query and 2 key tiles per stripe, 3 splits
+    (16, 2, (4, 10), 2, {"block_rows": 2}, {**SMALL_TILES, "merge_launches": False}),  # one launch per role
+    (9, 1, (4, 6), 2, {"block_rows": 2}, {**SMALL_TILES, "bwd_splits": 2}),  # channel split, uneven widths, splits
+    (40, 5, (4, 6), 1, {"global_heads": 2}, {"bwd_tile_warps": 8}),  # tiles in two launches (warps differ)
 ]
 
 
@@ -132,6 +135,35 @@ CASES = [
 @pytest.mark.parametrize("dim,heads,hw,batch,kw,tuning", CASES)
 def test_matches_reference(interp, dim, heads, hw, batch, kw, tuning):
     check(dim, heads, hw, batch, tuning=tuning, **kw)
+
+
+@needs_triton
+def test_own_strides_for_each_input(interp):
+    """q, k, v, do each with its own layout (the plan's key holds all their strides)."""
+    ref = reference(16, 2, block_rows=2)
+    hw, B, h, d = (4, 6), 2, 2, 8
+    N = hw[0] * hw[1]
+    _, _, lepe = fused_inputs(ref, hw, B, torch.float32, "cpu")
+    q = torch.randn(B, h, N, d) * 2
+    k = (torch.randn(B, N, h, d) * 2).permute(0, 2, 1, 3)
+    v = (torch.randn(h, B, N, 2 * d) * 2)[..., :d].transpose(0, 1)
+    do = torch.randn(B, h, N, d)
+    spec, tuning, stats = ref.spec(hw), Tuning.from_dict(SMALL_TILES), {}
+    buf, _ = ef.fast_forward(spec, lepe, q, k, v, hw, tuning, stats)
+    grads = eb.fused_backward(spec, lepe, q, k, v, buf.permute(0, 2, 1, 3), stats, do, hw, tuning)
+    out_ref, want = reference_grads(ref, (q, k, v), do, hw)
+    assert rel_err(buf.permute(0, 2, 1, 3), out_ref) < 1e-5
+    for name in NAMES:
+        assert rel_err(getattr(grads, name), want[name]) < 1e-5, name
+
+
+@needs_triton
+def test_backward_plan_launches(interp):
+    """3 launches merged (reduce, merge, tiles); one per role without merging."""
+    ref = reference(16, 2, block_rows=2)
+    for merge, n in ((True, 3), (False, 8)):
+        plan = eb.case_plan(ref.spec((4, 10)), 2, (4, 10), torch.float32, Tuning(merge_launches=merge), sms=2)
+        assert len(plan) == n and sum(len(p.roles) for p in plan) == 8
 
 
 @needs_triton
