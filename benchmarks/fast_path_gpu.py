@@ -30,7 +30,7 @@ from pathlib import Path
 
 DIM, HEADS, PATCH = 768, 12, 16
 VARIANTS = {"default": {}, "unmerged": {"merge_launches": False}, "graph": {"cuda_graph": True},
-            "jit": {"fast_launch": False}}
+            "jit": {"fast_launch": False}, "mtiles": {"bwd_merge_tiles": True}, "red4": {"bwd_red_warps": 4}}
 RES = (1024, 2048, 3072, 224)
 
 
@@ -140,6 +140,8 @@ def step_time(out, variants, resolutions) -> None:
             for name in variants:
                 if name in ("graph", "jit") and direction == "fwd_bwd":
                     continue
+                if direction == "fwd" and VARIANTS[name] and all(k.startswith("bwd_") for k in VARIANTS[name]):
+                    continue  # backward knobs: the forward is the default's
                 row = dict(kind="time", res=res, batch=batch_of(res, direction), direction=direction, variant=name)
                 try:
                     m = module(torch.float16, VARIANTS[name])
@@ -184,7 +186,7 @@ def step_kernels(out, variants, resolutions) -> None:
 
     for res in resolutions:
         for direction in ("fwd", "fwd_bwd"):
-            for name in (v for v in variants if v in ("default", "unmerged")):
+            for name in (v for v in variants if v not in ("graph", "jit")):
                 try:
                     fn = call(module(torch.float16, VARIANTS[name]), direction, res)
                     fn(), fn()

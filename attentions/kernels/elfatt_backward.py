@@ -19,11 +19,15 @@ the LePE weight gradients) go through per-program fp32 partials merged in a
 fixed order: no atomics, so two runs give bitwise-equal gradients.
 
 Launches (``Tuning.merge_launches``): the token reductions (global d_ctx
-partials + stripe delta, both with LePE records), the merges (d_ctx and both
-LePE gradients), the gradient tiles (global dq/dk/dv, stripe dk/dv, stripe
-dq): 3 launches, or one per role (8) with ``merge_launches=False``. Roles of
-different warps never share a launch. The plan is decided once per case;
-its scratch (partials, records, delta) is a persistent per-stream workspace.
+partials + stripe delta, both with LePE records) in one, the merges (d_ctx
+and both LePE gradients) in one, then the gradient tiles (global dq/dk/dv,
+stripe dk/dv, stripe dq) one launch each: 5 launches, or one per role (8)
+with ``merge_launches=False``. ``bwd_merge_tiles`` also runs the three tile
+roles in one launch (3 in all): on an H200 that was 12% slower at 3072 px
+(the merged kernel's 189 registers hold the dq and global-tile roles to 2
+programs per SM) and no faster at 1024 px. Roles of different warps never
+share a launch. The plan is decided once per case; its scratch (partials,
+records, delta) is a persistent per-stream workspace.
 """
 from __future__ import annotations
 
@@ -67,13 +71,14 @@ def load_backward_kernels():
 def tiles(D: int, tuning: Tuning, N: int, L: int | None = None) -> dict:
     """Tiles, warps and stages for branch width D. The defaults compile for
     sm_90 without spills at every width up to 128: the token reductions unroll
-    their nine LePE taps over 32-token tiles with 8 warps (80 registers at
-    width 64: 3 programs per SM; 64-token tiles take 136, one per SM); width
-    128 needs 8 warps in the global tile and dk-dv roles (4 spill)."""
+    their nine LePE taps over 64-token tiles with 8 warps (32 at width 128);
+    32-token tiles fit 3 programs per SM instead of one but ran 1.5x slower on
+    an H200 (3072 px: each tile's tap reductions cost as much as its loads);
+    width 128 needs 8 warps in the global tile and dk-dv roles (4 spill)."""
     wide = pow2(D) > 64
     cap_n, cap_l = pow2(N), pow2(L or N)
     t = tuning
-    return {"red_bm": choose(t.bwd_red_bm, min(32, cap_n)), "red_warps": choose(t.bwd_red_warps, 8),
+    return {"red_bm": choose(t.bwd_red_bm, min(32 if wide else 64, cap_n)), "red_warps": choose(t.bwd_red_warps, 8),
             "tile_bm": choose(t.bwd_tile_bm, min(64, cap_n)), "tile_warps": choose(t.bwd_tile_warps, 8 if wide else 4),
             "kv_bm": choose(t.bwd_kv_bm, min(64, cap_l)), "kv_bn": choose(t.bwd_kv_bn, min(64, cap_l)),
             "kv_warps": choose(t.bwd_kv_warps, 8 if wide else 4), "q_bm": choose(t.bwd_q_bm, min(64, cap_l)),
@@ -169,19 +174,19 @@ def reduce_launches(sz: Sizes, kb, merge: bool) -> list[Prepared]:
 
 
 def merge_shape(sz: Sizes) -> tuple[int, int, int]:
-    """(CR, TR, CB): d_ctx rows, LePE tap rows and channels per merge program, the coarsest
-    that still give one program per SM over the whole merge launch."""
-    br, spec = sz.br, sz.case.spec
+    """(CR, TR, CB): d_ctx rows per merge program (the most that still give one program per
+    SM), and LePE tap rows and channels per program, the coarsest that give each LePE
+    merge half an SM's worth of programs: its loop over batch x splits records is serial."""
+    br, spec, sms = sz.br, sz.case.spec, sz.case.sms
     BDg, BDl = pow2(br.dg), pow2(br.dl)
-    cb_max = min(BDg if spec.has_global() else BDl, BDl if spec.has_local() else BDg)
-    options = [(8, 16, 64), (8, 4, 32), (4, 4, 32), (4, 4, 16), (2, 2, 16), (2, 2, 8)]
-    for cr, tr, cb in options:
-        cb = min(cb, cb_max)
-        total = (br.B * br.G * BDg // cr + br.G * -(-10 // tr) * (BDg // cb)) if spec.has_global() else 0
-        total += br.HL * -(-10 // tr) * (BDl // cb) if spec.has_local() else 0
-        if total >= sz.case.sms:
+    CR = fp.merge_rows(BDg, br.B * br.G, sms)
+    bd = min(BDg if spec.has_global() else BDl, BDl if spec.has_local() else BDg)
+    heads = min(br.G if spec.has_global() else br.HL, br.HL if spec.has_local() else br.G)
+    for tr, cb in ((16, 64), (4, 32), (4, 16), (2, 16), (2, 8)):
+        cb = min(cb, bd)
+        if heads * -(-10 // tr) * (bd // cb) >= sms // 2:
             break
-    return cr, tr, cb
+    return CR, tr, cb
 
 
 def merge_launches(sz: Sizes, kb, merge: bool) -> list[Prepared]:
@@ -257,7 +262,8 @@ def tile_launches(sz: Sizes, kb, merge: bool) -> list[Prepared]:
 def backward_launches(case: fp.Case, kb) -> tuple[list[Prepared], Sizes]:
     sz = sizes(case)
     merge = case.tuning.merge_launches
-    return reduce_launches(sz, kb, merge) + merge_launches(sz, kb, merge) + tile_launches(sz, kb, merge), sz
+    tiles_merged = merge and case.tuning.bwd_merge_tiles
+    return reduce_launches(sz, kb, merge) + merge_launches(sz, kb, merge) + tile_launches(sz, kb, tiles_merged), sz
 
 
 class BackwardPlan:

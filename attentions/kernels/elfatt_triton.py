@@ -148,42 +148,49 @@ def global_context_kernel(
 
 @triton.jit
 def _combine_rows(ws_ptr, ctx_ptr, stats_ptr, pid, WIDTH: tl.constexpr, S: tl.constexpr, BD: tl.constexpr,
-                  CR: tl.constexpr, STORE_STATS: tl.constexpr):
+                  CR: tl.constexpr, SB: tl.constexpr, STORE_STATS: tl.constexpr):
     """Program ``pid`` of a combine: rows (pid % (BD/CR)) * CR.. of head pid // (BD/CR).
-    Merges the S split records of that (batch, head) into ctx = acc / l, summing
-    splits in index order (deterministic). The max over splits comes first, so
-    the S loads of the second loop are independent of each other and can all be
-    in flight. STORE_STATS: also write the merged K statistics of these rows, as
+    Merges the S split records of that (batch, head) into ctx = acc / l, SB
+    records per step (their loads all in flight), in a fixed order
+    (deterministic). The rows' CR x BD values are one flat axis of CR*BD
+    columns (column j: row j // BD, channel j % BD; a row's m and l are loaded
+    once per column, from cache). The max over splits comes first.
+    STORE_STATS: also write the merged K statistics of these rows, as
     ``global_context_kernel`` does with one split."""
     head = pid // (BD // CR)
-    rows = (pid % (BD // CR)) * CR + tl.arange(0, CR)
-    offs_c = tl.arange(0, BD)
+    cols = tl.arange(0, CR * BD)
+    row = (pid % (BD // CR)) * CR + cols // BD
+    chan = cols % BD
     rec_len = BD * BD + 2 * BD
     base = ws_ptr + head.to(tl.int64) * S * rec_len
-    m = tl.full([CR], float("-inf"), tl.float32)
-    for s in range(S):
-        m = tl.maximum(m, tl.load(base + s * rec_len + rows))
-    l = tl.full([CR], 0.0, tl.float32)
-    acc = tl.full([CR, BD], 0.0, tl.float32)
-    for s in range(S):
-        rec = base + s * rec_len
-        beta = tl.exp2(tl.load(rec + rows) - m)
-        l += tl.load(rec + BD + rows) * beta
-        acc += tl.load(rec + 2 * BD + rows[:, None] * BD + offs_c[None, :]) * beta[:, None]
-    ctx = tl.where((rows < WIDTH)[:, None] & (offs_c < WIDTH)[None, :], acc / l[:, None], 0.0)
-    tl.store(ctx_ptr + head.to(tl.int64) * BD * BD + rows[:, None] * BD + offs_c[None, :],
-             ctx.to(ctx_ptr.dtype.element_ty))
+    sb = tl.arange(0, SB)
+    m = tl.full([CR * BD], float("-inf"), tl.float32)
+    for s0 in range(0, S, SB):
+        ok = (s0 + sb < S)[:, None]
+        mr = tl.load(base + (s0 + sb)[:, None] * rec_len + row[None, :], mask=ok, other=float("-inf"))
+        m = tl.maximum(m, tl.reduce(mr, 0, _elementwise_max))
+    l = tl.full([CR * BD], 0.0, tl.float32)
+    acc = tl.full([CR * BD], 0.0, tl.float32)
+    for s0 in range(0, S, SB):
+        ok = (s0 + sb < S)[:, None]
+        rec = base + (s0 + sb)[:, None] * rec_len
+        beta = tl.exp2(tl.load(rec + row[None, :], mask=ok, other=float("-inf")) - m[None, :])  # past S: 0
+        l += tl.reduce(tl.load(rec + BD + row[None, :], mask=ok, other=0.0) * beta, 0, _sum_combine)
+        part = tl.load(rec + 2 * BD + (row * BD + chan)[None, :], mask=ok, other=0.0) * beta
+        acc += tl.reduce(part, 0, _sum_combine)
+    ctx = tl.where((row < WIDTH) & (chan < WIDTH), acc / l, 0.0)
+    tl.store(ctx_ptr + head.to(tl.int64) * BD * BD + row * BD + chan, ctx.to(ctx_ptr.dtype.element_ty))
     if STORE_STATS:
-        tl.store(stats_ptr + head.to(tl.int64) * BD + rows, m + tl.log2(l))
+        tl.store(stats_ptr + head.to(tl.int64) * BD + row, m + tl.log2(l), mask=chan == 0)
 
 
 @triton.jit
 def global_combine_kernel(ws_ptr, ctx_ptr, stats_ptr, WIDTH: tl.constexpr, S: tl.constexpr, BD: tl.constexpr,
-                          CR: tl.constexpr, STORE_STATS: tl.constexpr):
+                          CR: tl.constexpr, SB: tl.constexpr, STORE_STATS: tl.constexpr):
     """The combine on its own: one program per CR rows of one head's ctx
     (1-D grid of B*G*BD/CR programs); see ``_combine_rows``. With local heads
     the stripe kernel runs these programs first instead (its COMBINE)."""
-    _combine_rows(ws_ptr, ctx_ptr, stats_ptr, tl.program_id(0), WIDTH, S, BD, CR, STORE_STATS)
+    _combine_rows(ws_ptr, ctx_ptr, stats_ptr, tl.program_id(0), WIDTH, S, BD, CR, SB, STORE_STATS)
 
 
 @triton.jit
@@ -289,7 +296,7 @@ def stripe_attn_kernel(
     lse_ptr, STORE_LSE: tl.constexpr,
     ws_ptr, ctx_ptr, stats_ptr, PRE,
     COMBINE: tl.constexpr, C_WIDTH: tl.constexpr, C_S: tl.constexpr, C_BD: tl.constexpr, C_CR: tl.constexpr,
-    C_STATS: tl.constexpr,
+    C_SB: tl.constexpr, C_STATS: tl.constexpr,
 ):
     """The local heads' stripes (``_stripe_program``), 1-D grid. COMBINE: the
     first PRE programs are the global branch's combine instead (``_combine_rows``
@@ -298,7 +305,7 @@ def stripe_attn_kernel(
     pid = tl.program_id(0)
     if COMBINE:
         if pid < PRE:
-            _combine_rows(ws_ptr, ctx_ptr, stats_ptr, pid, C_WIDTH, C_S, C_BD, C_CR, C_STATS)
+            _combine_rows(ws_ptr, ctx_ptr, stats_ptr, pid, C_WIDTH, C_S, C_BD, C_CR, C_SB, C_STATS)
         else:
             _stripe_program(pid - PRE, q_ptr, k_ptr, v_ptr, w_ptr, b_ptr, o_ptr, s_qb, s_qh, s_qn, s_kb, s_kh, s_kn,
                             s_vb, s_vh, s_vn, s_ob, s_oh, s_on, s_wt, H, W, R, HL, TILES, qk_scale, WIDTH, L, BM, BN,

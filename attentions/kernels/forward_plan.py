@@ -143,11 +143,12 @@ def global_consts(case: Case, br: Branches) -> tuple[dict, dict, int]:
     """(context kernel's constants, combine's constants or {}, splits)."""
     t, BD = case.tuning, pow2(br.dg)
     BN = choose(t.ctx_bn, min(64, pow2(br.N)))
-    chunk, S = token_splits(br.N, BN, br.B * br.G, case.sms, t.global_splits, waves=3)  # 3 fit per SM (139 regs)
+    chunk, S = token_splits(br.N, BN, br.B * br.G, case.sms, t.global_splits, waves=2)
     ctx = dict(WIDTH=br.dg, CHUNK=chunk, BN=BN, BD=BD, SINGLE=S == 1, DOT_PREC=dot_prec(case.dtype),
                STORE_STATS=case.keep and S == 1)
-    comb = dict(WIDTH=br.dg, S=S, BD=BD, CR=merge_rows(BD, br.B * br.G, case.sms), STORE_STATS=case.keep) \
-        if S > 1 else {}
+    CR = merge_rows(BD, br.B * br.G, case.sms)
+    SB = max(2, min(pow2(S, 1), 2048 // (CR * BD)))  # records per step of the combine: a 2048-float tile
+    comb = dict(WIDTH=br.dg, S=S, BD=BD, CR=CR, SB=SB, STORE_STATS=case.keep) if S > 1 else {}
     return ctx, comb, S
 
 
@@ -236,11 +237,11 @@ def stripe_launch(case: Case, br: Branches, kt, saved: dict, combine: Prepared |
     pre = combine.programs if combine is not None else 0
     if combine is None:
         vals.update(ws_ptr=NOWHERE, ctx_ptr=NOWHERE, stats_ptr=NOWHERE, PRE=0)
-        c.update(COMBINE=False, C_WIDTH=1, C_S=1, C_BD=16, C_CR=2, C_STATS=False)
+        c.update(COMBINE=False, C_WIDTH=1, C_S=1, C_BD=16, C_CR=2, C_SB=2, C_STATS=False)
     else:
         cv, cc = dict(zip(combine.kernel.arg_names, combine.args)), combine.consts
         vals.update(ws_ptr=cv["ws_ptr"], ctx_ptr=cv["ctx_ptr"], stats_ptr=cv["stats_ptr"], PRE=pre)
-        c.update(COMBINE=True, C_WIDTH=cc["WIDTH"], C_S=cc["S"], C_BD=cc["BD"], C_CR=cc["CR"],
+        c.update(COMBINE=True, C_WIDTH=cc["WIDTH"], C_S=cc["S"], C_BD=cc["BD"], C_CR=cc["CR"], C_SB=cc["SB"],
                  C_STATS=cc["STORE_STATS"])
     warps = choose(case.tuning.stripe_warps, 4 if c["BM"] <= 64 else 8)
     roles = {"global_combine": pre, "stripe_attn": stripes} if pre else None

@@ -11,7 +11,7 @@ from ..functional import SDPA_IMPLS
 
 LOCAL_MODES = ("triton", "sdpa")
 BACKWARDS = ("fused", "reference")
-BOOLS = ("lepe_unroll", "merge_launches", "fast_launch", "cuda_graph")
+BOOLS = ("lepe_unroll", "bwd_merge_tiles", "merge_launches", "fast_launch", "cuda_graph")
 
 
 @dataclass(frozen=True)
@@ -115,8 +115,10 @@ class Tuning:
     bwd_q_bn: int | None = None
     bwd_q_warps: int | None = None
     bwd_stages: int | None = None
+    bwd_merge_tiles: bool = False  # the three gradient-tile roles in one launch (with merge_launches)
     # Host side: ``merge_launches`` runs independent roles in one launch (the forward's
-    # combine inside the stripe launch; the backward in 3 launches instead of 8);
+    # combine inside the stripe launch; the backward's reductions in one launch and its
+    # merges in one: 5 launches instead of 8, 3 with ``bwd_merge_tiles``);
     # ``fast_launch`` launches each compiled kernel directly after its first call
     # (False: triton's JIT launch path every call); ``cuda_graph`` (inference, CUDA):
     # capture the forward once per case and input addresses, then replay it.

@@ -67,14 +67,14 @@ def forward_launches(dtype) -> list:
 
 def backward_launches(dtype) -> list:
     """Every launch of the fused backward, and of the forward that keeps its statistics,
-    over CASES (merged and one launch per role) and one head of width 128 (split by
-    channels: 64 + 64) and two heads of 128."""
+    over CASES (the default launches, the tiles merged too, one launch per role) and one
+    head of width 128 (split by channels: 64 + 64) and two heads of 128."""
     from attentions.kernels import elfatt_backward, elfatt_fast
     from attentions.kernels.spec import Tuning
 
     out = []
-    for merge in (True, False):
-        t = Tuning(merge_launches=merge)
+    for opts in ({}, {"bwd_merge_tiles": True}, {"merge_launches": False}):
+        t = Tuning(**opts)
         for dim, heads, (res, batch) in [(768, 12, c) for c in CASES] + [(128, 1, (224, 8)), (256, 2, (224, 8))]:
             spec, hw = _vit(res, dim, heads)
             out += elfatt_backward.case_plan(spec, batch, hw, dtype, t)

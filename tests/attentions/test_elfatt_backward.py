@@ -126,6 +126,7 @@ CASES = [
     (16, 2, (4, 6), 2, {"global_heads": 0}, {}),  # local only
     (16, 2, (4, 10), 2, {"block_rows": 2}, SMALL_TILES),  # 2 query and 2 key tiles per stripe, 3 splits
     (16, 2, (4, 10), 2, {"block_rows": 2}, {**SMALL_TILES, "merge_launches": False}),  # one launch per role
+    (16, 2, (4, 10), 2, {"block_rows": 2}, {**SMALL_TILES, "bwd_merge_tiles": True}),  # 3 launches
     (9, 1, (4, 6), 2, {"block_rows": 2}, {**SMALL_TILES, "bwd_splits": 2}),  # channel split, uneven widths, splits
     (40, 5, (4, 6), 1, {"global_heads": 2}, {"bwd_tile_warps": 8}),  # tiles in two launches (warps differ)
 ]
@@ -159,10 +160,10 @@ def test_own_strides_for_each_input(interp):
 
 @needs_triton
 def test_backward_plan_launches(interp):
-    """3 launches merged (reduce, merge, tiles); one per role without merging."""
+    """5 launches merged (reduce, merge, 3 tile roles), 3 with the tiles merged too; one per role without merging."""
     ref = reference(16, 2, block_rows=2)
-    for merge, n in ((True, 3), (False, 8)):
-        plan = eb.case_plan(ref.spec((4, 10)), 2, (4, 10), torch.float32, Tuning(merge_launches=merge), sms=2)
+    for opts, n in (({}, 5), ({"bwd_merge_tiles": True}, 3), ({"merge_launches": False, "bwd_merge_tiles": True}, 8)):
+        plan = eb.case_plan(ref.spec((4, 10)), 2, (4, 10), torch.float32, Tuning(**opts), sms=2)
         assert len(plan) == n and sum(len(p.roles) for p in plan) == 8
 
 

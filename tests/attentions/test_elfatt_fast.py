@@ -326,27 +326,28 @@ def test_torch_graphs_warms_up_on_the_capture_stream(monkeypatch):
     assert api.unavailable() == ""
 
 
-def test_forward_plan_replays_by_address(interp, monkeypatch):
+def test_forward_plan_replays_by_address(interp):
     """On a (faked) CUDA plan: the graph key is the call's input and weight addresses."""
     from attentions.kernels.graphs import GraphReplay
 
     fast, ref = pair(32, 4, block_rows=2, opts={"cuda_graph": True})
     q, k, v = (torch.randn(1, 4, 24, 8) for _ in range(3))
-    fast.attend(q, k, v, (6, 4))  # builds the plan (eagerly: not CUDA)
-    plan = next(reversed(elfatt_fast.PLANS.values()))
-    api = FakeApi()
-    plan.graphs = GraphReplay(api)
-    o1 = fast.attend(q, k, v, (6, 4))
-    o2 = fast.attend(q, k, v, (6, 4))
-    assert fast.run_info()["graph"] == "replay" and api.log == ["capture", "replay", "replay"]
-    assert o1.data_ptr() == o2.data_ptr()  # the graph's static output
-    assert rel_err(o2, ref.attend(q.double(), k.double(), v.double(), (6, 4))) < 1e-5
-    fast.attend(q.clone(), k, v, (6, 4))
-    assert api.log.count("capture") == 2  # new addresses, new graph
+    with torch.no_grad():  # inference: the graphs are for it
+        fast.attend(q, k, v, (6, 4))  # builds the plan (eagerly: not CUDA)
+        plan = next(reversed(elfatt_fast.PLANS.values()))
+        api = FakeApi()
+        plan.graphs = GraphReplay(api)
+        o1 = fast.attend(q, k, v, (6, 4))
+        o2 = fast.attend(q, k, v, (6, 4))
+        assert fast.run_info()["graph"] == "replay" and api.log == ["capture", "replay", "replay"]
+        assert o1.data_ptr() == o2.data_ptr()  # the graph's static output
+        assert rel_err(o2, ref.attend(q.double(), k.double(), v.double(), (6, 4))) < 1e-5
+        fast.attend(q.clone(), k, v, (6, 4))
+        assert api.log.count("capture") == 2  # new addresses, new graph
 
 
 @needs_triton
-@pytest.mark.parametrize("merge", [True, False])
+@pytest.mark.parametrize("merge", [{"bwd_merge_tiles": True}, {}, {"merge_launches": False}])
 def test_direct_launches_pass_what_triton_passes(monkeypatch, merge):
     """The fast launch path hands triton's launcher exactly what ``JITFunction.run`` hands
     it (grid, function, metadata, every argument; tensors as their addresses), for every
@@ -367,8 +368,7 @@ def test_direct_launches_pass_what_triton_passes(monkeypatch, merge):
     previous = driver._active
     driver.set_active(FakeDriver())
     try:
-        fast, _ = pair(24, 3, dtype=torch.float16, block_rows=2, opts={"global_splits": 2, "ctx_bn": 16,
-                                                                        "merge_launches": merge})
+        fast, _ = pair(24, 3, dtype=torch.float16, block_rows=2, opts={"global_splits": 2, "ctx_bn": 16, **merge})
         x = torch.randn(2, 40, 24, dtype=torch.float16, requires_grad=True)
         fast(x, (4, 10)).float().sum().backward()  # first calls: through triton's JIT
         assert fast.run_info()["fast_launch"] == "on"
