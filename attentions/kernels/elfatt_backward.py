@@ -71,14 +71,16 @@ def load_backward_kernels():
 def tiles(D: int, tuning: Tuning, N: int, L: int | None = None) -> dict:
     """Tiles, warps and stages for branch width D. The defaults compile for
     sm_90 without spills at every width up to 128: the token reductions unroll
-    their nine LePE taps over 64-token tiles with 8 warps (32 at width 128);
-    32-token tiles fit 3 programs per SM instead of one but ran 1.5x slower on
-    an H200 (3072 px: each tile's tap reductions cost as much as its loads);
-    width 128 needs 8 warps in the global tile and dk-dv roles (4 spill)."""
+    their nine LePE taps over 64-token tiles (32 at width 128). Measured on an
+    H200 at 3072 px (ViT-B/16): 64-token tiles with 4 warps (179 registers, 2
+    programs per SM) took 299 us, with 8 warps (136, 1 per SM) 577 us, 32-token
+    tiles with 8 warps (3 per SM) 862 us. Width 128 keeps 8 warps there, and
+    needs 8 in the global tile and dk-dv roles (4 spill)."""
     wide = pow2(D) > 64
     cap_n, cap_l = pow2(N), pow2(L or N)
     t = tuning
-    return {"red_bm": choose(t.bwd_red_bm, min(32 if wide else 64, cap_n)), "red_warps": choose(t.bwd_red_warps, 8),
+    return {"red_bm": choose(t.bwd_red_bm, min(32 if wide else 64, cap_n)),
+            "red_warps": choose(t.bwd_red_warps, 8 if wide else 4),
             "tile_bm": choose(t.bwd_tile_bm, min(64, cap_n)), "tile_warps": choose(t.bwd_tile_warps, 8 if wide else 4),
             "kv_bm": choose(t.bwd_kv_bm, min(64, cap_l)), "kv_bn": choose(t.bwd_kv_bn, min(64, cap_l)),
             "kv_warps": choose(t.bwd_kv_warps, 8 if wide else 4), "q_bm": choose(t.bwd_q_bm, min(64, cap_l)),

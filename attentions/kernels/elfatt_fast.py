@@ -10,7 +10,7 @@ Global heads:
      softmax statistics of K (max, sum of exp) fused with the d x d context
      k_hat^T V, one pass over K and V;
   2. the combine (with several splits): merges the splits in a fixed order
-     (deterministic, no atomics) into ctx (B*g, d, d), as the first programs
+     (deterministic, no atomics) into ctx (B*g, d, d), as the last programs
      of the stripe launch (or ``global_combine_kernel`` on its own);
   3. ``global_out_kernel``: channel softmax of Q, Q_hat @ ctx, + global LePE,
      stored at the global heads' channels of the output.

@@ -294,22 +294,23 @@ def stripe_attn_kernel(
     WIDTH: tl.constexpr, L: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, DOT_PREC: tl.constexpr,
     LEPE_UNROLL: tl.constexpr,
     lse_ptr, STORE_LSE: tl.constexpr,
-    ws_ptr, ctx_ptr, stats_ptr, PRE,
+    ws_ptr, ctx_ptr, stats_ptr, STRIPES,
     COMBINE: tl.constexpr, C_WIDTH: tl.constexpr, C_S: tl.constexpr, C_BD: tl.constexpr, C_CR: tl.constexpr,
     C_SB: tl.constexpr, C_STATS: tl.constexpr,
 ):
-    """The local heads' stripes (``_stripe_program``), 1-D grid. COMBINE: the
-    first PRE programs are the global branch's combine instead (``_combine_rows``
-    with the C_* constants), so it needs no launch of its own and its few
-    programs run beside the stripes."""
+    """The local heads' stripes (``_stripe_program``: programs [0, STRIPES)), 1-D
+    grid. COMBINE: the programs after those are the global branch's combine
+    (``_combine_rows`` with the C_* constants), so it needs no launch of its own;
+    last, they take the slots the stripes' last wave leaves idle (first, they
+    delayed that many stripe programs by their own time: 6 us at 1024 px, H200)."""
     pid = tl.program_id(0)
     if COMBINE:
-        if pid < PRE:
-            _combine_rows(ws_ptr, ctx_ptr, stats_ptr, pid, C_WIDTH, C_S, C_BD, C_CR, C_SB, C_STATS)
-        else:
-            _stripe_program(pid - PRE, q_ptr, k_ptr, v_ptr, w_ptr, b_ptr, o_ptr, s_qb, s_qh, s_qn, s_kb, s_kh, s_kn,
+        if pid < STRIPES:
+            _stripe_program(pid, q_ptr, k_ptr, v_ptr, w_ptr, b_ptr, o_ptr, s_qb, s_qh, s_qn, s_kb, s_kh, s_kn,
                             s_vb, s_vh, s_vn, s_ob, s_oh, s_on, s_wt, H, W, R, HL, TILES, qk_scale, WIDTH, L, BM, BN,
                             BD, DOT_PREC, LEPE_UNROLL, lse_ptr, STORE_LSE)
+        else:
+            _combine_rows(ws_ptr, ctx_ptr, stats_ptr, pid - STRIPES, C_WIDTH, C_S, C_BD, C_CR, C_SB, C_STATS)
     else:
         _stripe_program(pid, q_ptr, k_ptr, v_ptr, w_ptr, b_ptr, o_ptr, s_qb, s_qh, s_qn, s_kb, s_kh, s_kn,
                         s_vb, s_vh, s_vn, s_ob, s_oh, s_on, s_wt, H, W, R, HL, TILES, qk_scale, WIDTH, L, BM, BN,

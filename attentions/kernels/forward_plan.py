@@ -4,7 +4,7 @@ buffer sizes and what the run reports. ``elfatt_fast`` keeps one per case.
 
 Launches (``Tuning.merge_launches``, the default), per the kernels module:
   1. ``global_context_kernel``: S token splits x B*G heads;
-  2. ``stripe_attn_kernel``: the stripes, its first programs the combine of
+  2. ``stripe_attn_kernel``: the stripes, its last programs the combine of
      the S splits (``COMBINE``, when S > 1), or with no local heads
      ``global_combine_kernel`` alone;
   3. ``global_out_kernel``.
@@ -222,7 +222,7 @@ def _local_pointers(case: Case, br: Branches) -> dict:
 
 
 def stripe_launch(case: Case, br: Branches, kt, saved: dict, combine: Prepared | None) -> Prepared:
-    """The stripes, with ``combine``'s programs first when given (COMBINE)."""
+    """The stripes, with ``combine``'s programs after them when given (COMBINE)."""
     c = stripe_consts(case, br)
     H, W = case.hw
     r = case.spec.block_rows
@@ -236,15 +236,15 @@ def stripe_launch(case: Case, br: Branches, kt, saved: dict, combine: Prepared |
                 **dict(zip(names, (*_strides(sq), *_strides(sk), *_strides(sv), *out_strides(br, case.shape)))))
     pre = combine.programs if combine is not None else 0
     if combine is None:
-        vals.update(ws_ptr=NOWHERE, ctx_ptr=NOWHERE, stats_ptr=NOWHERE, PRE=0)
+        vals.update(ws_ptr=NOWHERE, ctx_ptr=NOWHERE, stats_ptr=NOWHERE, STRIPES=stripes)
         c.update(COMBINE=False, C_WIDTH=1, C_S=1, C_BD=16, C_CR=2, C_SB=2, C_STATS=False)
     else:
         cv, cc = dict(zip(combine.kernel.arg_names, combine.args)), combine.consts
-        vals.update(ws_ptr=cv["ws_ptr"], ctx_ptr=cv["ctx_ptr"], stats_ptr=cv["stats_ptr"], PRE=pre)
+        vals.update(ws_ptr=cv["ws_ptr"], ctx_ptr=cv["ctx_ptr"], stats_ptr=cv["stats_ptr"], STRIPES=stripes)
         c.update(COMBINE=True, C_WIDTH=cc["WIDTH"], C_S=cc["S"], C_BD=cc["BD"], C_CR=cc["CR"], C_SB=cc["SB"],
                  C_STATS=cc["STORE_STATS"])
     warps = choose(case.tuning.stripe_warps, 4 if c["BM"] <= 64 else 8)
-    roles = {"global_combine": pre, "stripe_attn": stripes} if pre else None
+    roles = {"stripe_attn": stripes, "global_combine": pre} if pre else None
     return Prepared(kt.stripe_attn_kernel, "stripe_attn", (pre + stripes,), vals, c, warps,
                     case.tuning.stripe_stages, roles)
 
