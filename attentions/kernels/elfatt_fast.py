@@ -317,13 +317,19 @@ def fast_forward(spec: ElfattSpec, lepe: LepeWeights, q: torch.Tensor, k: torch.
 def case_plan(spec: ElfattSpec, batch: int, hw: tuple[int, int], dtype: torch.dtype, tuning: Tuning = Tuning(),
               sms: int = 132, stats: bool = False, strides=None) -> list[Prepared]:
     """Every launch of one fast forward on the layer's layout (q, k, v: permuted views
-    of one (B, N, 3, h, d) tensor), without tensors: for compile checks and launch plans."""
+    of one (B, N, 3, h, d) tensor), without tensors: for compile checks and launch plans.
+    With ``local=sdpa``, the LePE epilogue as it runs after a contiguous SDPA output."""
     h, d = spec.heads, spec.head_dim
     N = hw[0] * hw[1]
     if strides is None:
         strides = [(N * 3 * h * d, d, 3 * h * d, 1)] * 3
     case = case_of(spec, (batch, h, N, d), strides, hw, dtype, dtype, tuning, stats, sms)
-    launches, _, _, _ = fp.build(case, load_kernels())
+    kt = load_kernels()
+    launches, _, _, _ = fp.build(case, kt)
+    if tuning.local == "sdpa" and spec.has_local():  # the epilogue after SDPA, its output contiguous in form B
+        br = fp.branches(spec, case.shape, case.strides)
+        L = spec.block_rows * hw[1]
+        launches.append(fp.epilogue_launch(case, br, kt, (br.HL * L * br.dl, L * br.dl, br.dl), "B", fp.BL + 1))
     return launches
 
 
