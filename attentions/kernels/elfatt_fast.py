@@ -5,18 +5,22 @@ It knows nothing of the module: the caller describes the layer with an
 ``ElfattSpec`` (how heads split into branches, widths, block rows), hands the
 LePE weights as tensors (``LepeWeights``) and the declared ``Tuning``.
 
-Global heads (3 launches, 2 when one split covers all tokens):
+Global heads:
   1. ``global_context_kernel``: per (batch, head, token split) the column
      softmax statistics of K (max, sum of exp) fused with the d x d context
      k_hat^T V, one pass over K and V;
-  2. ``global_combine_kernel``: merges the splits in a fixed order
-     (deterministic, no atomics) into ctx (B*g, d, d);
+  2. the combine (with several splits): merges the splits in a fixed order
+     (deterministic, no atomics) into ctx (B*g, d, d), as the last programs
+     of the stripe launch (or ``global_combine_kernel`` on its own);
   3. ``global_out_kernel``: channel softmax of Q, Q_hat @ ctx, + global LePE,
      stored at the global heads' channels of the output.
-Local heads (1 launch): ``stripe_attn_kernel``, flash-style softmax attention
-inside each stripe + the stripe LePE, stored at the local heads' channels.
+Local heads: ``stripe_attn_kernel``, flash-style softmax attention inside
+each stripe + the stripe LePE, stored at the local heads' channels.
 Alternative local path (``Tuning(local="sdpa")``): torch SDPA on an
 uncopied stripe-blocked view, then ``stripe_epilogue_kernel`` adds the LePE.
+``forward_plan`` decides every launch once per case; a call allocates the
+output (and, for the backward, one ``saved`` buffer) and launches
+(``launch.Launcher``: each compiled kernel directly after its first call).
 
 The output is one (B, N, heads*d) buffer returned as the (B, h, N, d) view,
 so the layer's merge of heads before ``proj`` is free. Inputs are used
@@ -29,15 +33,17 @@ from __future__ import annotations
 
 import functools
 import importlib
-import math
 import os
 import sys
-from dataclasses import dataclass
+from collections import OrderedDict
 
 import torch
 
 from ..errors import Unavailable, Unsupported
 from ..functional import sdpa
+from . import forward_plan as fp
+from .graphs import GraphReplay
+from .launch import Launcher, Prepared, fast_launch_reason
 from .spec import ElfattSpec, LepeWeights, Tuning
 
 FAST_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -110,20 +116,9 @@ def load_kernels():
     return _load("elfatt_triton")
 
 
-def _pow2(n: int, least: int = 16) -> int:
-    """Next power of two >= n and >= ``least`` (tl.dot needs 16 in each dim)."""
-    return max(least, 1 << max(0, n - 1).bit_length())
-
-
 def _unit_last(t: torch.Tensor) -> torch.Tensor:
     # The kernels assume channel stride 1; every layout this project makes has it.
     return t if t.stride(-1) == 1 else t.contiguous()
-
-
-def _usage(info: dict, name: str, kernel) -> None:
-    """Record a compiled kernel's registers and spills (the interpreter returns none)."""
-    if hasattr(kernel, "n_regs"):
-        info[f"{name}_regs_spills"] = f"{kernel.n_regs}/{kernel.n_spills}"
 
 
 @functools.lru_cache(maxsize=None)
@@ -131,11 +126,6 @@ def _sm_count(device: torch.device) -> int:
     if device.type == "cuda":
         return torch.cuda.get_device_properties(device).multi_processor_count
     return 2  # interpreter: a couple of splits, so tests exercise the combine kernel
-
-
-def _dot_prec(dtype: torch.dtype) -> str:
-    # fp32 inputs: exact fp32 products (tf32 would miss the 1e-5 target); fp16/bf16 ignore it.
-    return "ieee" if dtype == torch.float32 else "tf32"
 
 
 def taps_first(conv: torch.nn.Conv2d) -> torch.Tensor:
@@ -151,117 +141,110 @@ def taps_first(conv: torch.nn.Conv2d) -> torch.Tensor:
     return cached[1]
 
 
-def choose(value, default):
-    """A tuning knob's value, or the default when it is unset (None)."""
-    return default if value is None else value
+def check_launchable(spec: ElfattSpec, device: torch.device, dtype: torch.dtype, shape, strides) -> None:
+    """Unsupported when the kernels cannot take this case (device, dtype, sizes)."""
+    B, h, N, d = shape
+    reasons = fast_reasons(device=device, dtype=dtype, widths=spec.widths)
+    if reasons:
+        raise Unsupported("; ".join(reasons))
+    if B * h > 65535:
+        raise Unsupported(f"impl=fast launches batch*heads={B * h} programs on one grid axis (limit 65535)")
+    if N * max(s[2] for s in strides) >= 2**31 or N * h * d >= 2**31:
+        raise Unsupported(f"impl=fast indexes tokens in int32; N={N} tokens with these strides overflow it")
 
 
-def token_splits(N: int, tile: int, programs: int, sms: int, splits: int | None = None) -> tuple[int, int]:
-    """(chunk, splits) of N tokens for a reduction over them: ``splits`` when
-    set, else about one program per SM over ``programs`` (batch x head)
-    pairs; never more than one per ``tile`` tokens, each chunk a multiple of ``tile``."""
-    target = choose(splits, max(1, math.ceil(sms / programs)))
-    chunk = tile * math.ceil(math.ceil(N / max(1, target)) / tile)
-    return chunk, math.ceil(N / chunk)
+def empty(shape, like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """An output buffer; NaN-filled under POISON, so an element no kernel writes shows."""
+    if POISON:
+        return torch.full(shape, float("nan"), device=like.device, dtype=dtype or like.dtype)
+    return torch.empty(shape, device=like.device, dtype=dtype or like.dtype)
 
 
-@dataclass(frozen=True)
-class Launch:
-    """One kernel launch of a case: the kernel's name, its compile-time
-    constants, warps and pipeline stages (what one compiled binary is)."""
+class Workspaces:
+    """A plan's persistent scratch bytes, one buffer per stream (calls on one stream are ordered)."""
 
-    kernel: str
-    consts: dict
-    num_warps: int
-    num_stages: int
+    __slots__ = ("nbytes", "device", "by_stream")
 
+    def __init__(self, nbytes: int, device: torch.device):
+        self.nbytes, self.device, self.by_stream = nbytes, device, {}
 
-def global_plan(B: int, G: int, N: int, D: int, dtype: torch.dtype, tuning: Tuning, sms: int,
-                stats: bool = False) -> dict[str, Launch]:
-    """The global branch's launches (``ctx``, ``combine`` when split, ``out``) for G heads of width D;
-    ``stats``: also store K's per-channel log-sum-exp (for the fused backward)."""
-    BD = _pow2(D)
-    BN = choose(tuning.ctx_bn, min(64, _pow2(N)))
-    # each split streams its chunk with several tiles in flight
-    chunk, S = token_splits(N, BN, B * G, sms, tuning.global_splits)
-    prec = _dot_prec(dtype)
-    plan = {"ctx": Launch("global_context_kernel", dict(WIDTH=D, CHUNK=chunk, BN=BN, BD=BD, SINGLE=S == 1,
-                                                        DOT_PREC=prec, STORE_STATS=stats and S == 1),
-                          tuning.ctx_warps, tuning.ctx_stages)}
-    if S > 1:  # CR = 8 ctx rows per combine program: BD/8 programs per head share the merge
-        plan["combine"] = Launch("global_combine_kernel", dict(WIDTH=D, S=S, BD=BD, CR=8, STORE_STATS=stats), 4, 3)
-    BM = choose(tuning.out_bm, min(64, _pow2(N)))
-    plan["out"] = Launch("global_out_kernel", dict(WIDTH=D, BM=BM, BD=BD, DOT_PREC=prec,
-                                                   LEPE_UNROLL=choose(tuning.lepe_unroll, True)), tuning.out_warps, 2)
-    return plan
+    def get(self, stream) -> torch.Tensor | None:
+        ws = self.by_stream.get(stream)
+        if ws is None and self.nbytes:
+            ws = self.by_stream[stream] = torch.empty(self.nbytes, dtype=torch.uint8, device=self.device)
+        return ws
 
 
-def local_plan(L: int, D: int, dtype: torch.dtype, tuning: Tuning, lse: bool = False) -> dict[str, Launch]:
-    """The local branch's launch for stripes of L tokens and width D: the fused
-    stripe kernel, or (``local=sdpa``) the LePE epilogue after SDPA. ``lse``:
-    the stripe kernel also stores each row's log-sum-exp (for the fused
-    backward, which therefore needs ``local=triton``: ``Tuning.fused_backward``)."""
-    BD = _pow2(D)
-    if lse and tuning.local != "triton":
-        raise ValueError(f"the stripes' log-sum-exp (for the fused backward) comes from the Triton stripe kernel "
-                         f"only; tuning.local={tuning.local!r} keeps none")
-    if tuning.local == "triton":
-        BM = choose(tuning.stripe_bm, min(128 if BD <= 64 else 64, _pow2(L)))
-        BN = choose(tuning.stripe_bn, min(64, _pow2(L)))
-        consts = dict(WIDTH=D, L=L, BM=BM, BN=BN, BD=BD, DOT_PREC=_dot_prec(dtype),
-                      LEPE_UNROLL=choose(tuning.lepe_unroll, False),  # the loop keeps 125 registers at BM=128 (sm_90)
-                      STORE_LSE=lse)
-        warps = choose(tuning.stripe_warps, 4 if BM <= 64 else 8)
-        return {"stripe": Launch("stripe_attn_kernel", consts, warps, tuning.stripe_stages)}
-    BM = choose(tuning.out_bm, min(64, _pow2(L)))
-    return {"epilogue": Launch("stripe_epilogue_kernel", dict(WIDTH=D, BM=BM, BD=BD,
-                                                              LEPE_UNROLL=choose(tuning.lepe_unroll, True)), 4, 2)}
+def _launcher(launches: list[Prepared], tuning: Tuning, device: torch.device, info: dict) -> Launcher:
+    why = "" if tuning.fast_launch else "off (tuning.fast_launch=false)"
+    if interpreting():
+        why = "off (interpreter)"
+    why = why or fast_launch_reason()
+    info["fast_launch"] = why or "on"
+    return Launcher(launches, not why, device, info)
 
 
-def case_plan(spec: ElfattSpec, batch: int, hw: tuple[int, int], dtype: torch.dtype, tuning: Tuning = Tuning(),
-              sms: int = 132, stats: bool = False) -> dict[str, Launch]:
-    """Every launch of one fast forward (for ahead-of-time compile checks);
-    ``stats``: the forward that keeps what the fused backward needs."""
-    N = hw[0] * hw[1]
-    plan = {}
-    if spec.has_global():
-        plan |= global_plan(batch, spec.global_count, N, spec.widths[0], dtype, tuning, sms, stats)
-    if spec.has_local():
-        plan |= local_plan(spec.block_rows * hw[1], spec.widths[-1], dtype, tuning, stats)
-    return plan
+class ForwardPlan:
+    """One case's forward: its launches, buffer sizes and info, decided once (``forward_plan.build``)."""
 
+    def __init__(self, case: fp.Case, kt, device: torch.device, copies: bool):
+        self.case, self.kt, self.copies = case, kt, copies
+        launches, self.saved, ws, self.info = fp.build(case, kt)
+        self.launcher = _launcher(launches, case.tuning, device, self.info)
+        self.ws = Workspaces(ws["bytes"], device)
+        self.out_shape = (case.shape[0], case.shape[2], case.shape[1], case.shape[3])
+        self.epilogues: dict[tuple, Launcher] = {}  # local=sdpa: per SDPA output strides and form
+        self.graphs = GraphReplay() if device.type == "cuda" and not interpreting() else None
+        self.graph_info: dict[str, dict] = {}
 
-def _launch(kt, launch: Launch, grid, *args, info=None, name="", **pointers):
-    """Launch ``launch`` on ``grid``: positional arguments, then named ones (pointers that
-    follow the constexprs in the signature), then the plan's constants."""
-    compiled = getattr(kt, launch.kernel)[grid](*args, **pointers, **launch.consts, num_warps=launch.num_warps,
-                                                num_stages=launch.num_stages)
-    if info is not None:
-        _usage(info, name, compiled)
+    def stream(self):
+        return self.launcher.stream_of() if self.launcher.stream_of is not None else None
 
+    def run(self, lepe: LepeWeights, q, k, v, stats: dict | None) -> torch.Tensor:
+        if self.copies:
+            q, k, v = _unit_last(q), _unit_last(k), _unit_last(v)
+        out = empty(self.out_shape, q)
+        saved = None
+        if self.case.keep:
+            saved = torch.empty(self.saved["bytes"][0], dtype=torch.uint8, device=q.device)
+            stats["saved"] = saved
+        slots = [q, k, v, out, saved, self.ws.get(self.stream()), lepe.global_taps, lepe.global_bias,
+                 lepe.local_taps, lepe.local_bias]
+        self.launcher(slots)
+        if self.case.tuning.local == "sdpa" and self.case.spec.has_local():
+            self._sdpa(slots)
+        return out
 
-def _global_branch(kt, q, k, v, w, bias, o, hw, tuning: Tuning, info, kstats=None) -> torch.Tensor:
-    """Global heads: q, k, v, o are (B, G, N, D) views; w (9, G*D), bias (G*D,).
-    Returns ctx (B*G, BD, BD); ``kstats`` (B*G, BD) fp32, when given, receives
-    K's per-channel base-2 log-sum-exp."""
-    B, G, N, D = q.shape
-    H, W = hw
-    plan = global_plan(B, G, N, D, q.dtype, tuning, _sm_count(q.device), stats=kstats is not None)
-    ctx_c, BD = plan["ctx"].consts, _pow2(D)
-    S = plan["combine"].consts["S"] if "combine" in plan else 1
-    ctx = torch.empty(B * G, BD, BD, device=q.device, dtype=q.dtype)
-    ws = torch.empty(B * G * S * (BD * BD + 2 * BD), device=q.device, dtype=torch.float32) if S > 1 else ctx
-    stats = ctx if kstats is None else kstats  # a placeholder pointer when not stored
-    _launch(kt, plan["ctx"], (S, B * G), k, v, ws, ctx, k.stride(0), k.stride(1), k.stride(2), v.stride(0),
-            v.stride(1), v.stride(2), N, G, S, info=info, name="ctx", stats_ptr=stats)
-    if S > 1:
-        _launch(kt, plan["combine"], (B * G, BD // plan["combine"].consts["CR"]), ws, ctx, stats_ptr=stats)
-    BM = plan["out"].consts["BM"]
-    _launch(kt, plan["out"], (math.ceil(N / BM), B * G), q, v, ctx, w, bias, o, q.stride(0), q.stride(1),
-            q.stride(2), v.stride(0), v.stride(1), v.stride(2), o.stride(0), o.stride(1), o.stride(2), w.stride(0),
-            N, H, W, G, info=info, name="out")
-    info["global"] = f"splits={S} chunk={ctx_c['CHUNK']} BN={ctx_c['BN']} BM={BM}"
-    return ctx
+    def _sdpa(self, slots: list) -> None:
+        """The local heads through SDPA on uncopied stripe views, then the LePE epilogue."""
+        spec = self.case.spec
+        stripes = self.case.hw[0] // spec.block_rows
+        views = [spec.split(t)[1] for t in slots[:3]]
+        (qb, form), (kb, _), (vb, _) = (_stripe_blocks(t, stripes) for t in views)
+        a = _unit_last(sdpa(qb, kb, vb, self.case.tuning.sdpa_impl))
+        key = (a.stride(), form)
+        ep = self.epilogues.get(key)
+        if ep is None:
+            br = fp.branches(spec, self.case.shape, self.case.strides)
+            launch = fp.epilogue_launch(self.case, br, self.kt, a.stride(), form, len(slots))
+            ep = self.epilogues[key] = _launcher([launch], self.case.tuning, a.device, {})
+            self.info["local"] = f"sdpa ({form} view) + triton LePE"
+        ep(slots + [a])
+
+    def graphed(self, lepe: LepeWeights, q, k, v) -> tuple[torch.Tensor, dict]:
+        """The inference forward through ``GraphReplay`` (CUDA), or eagerly with the reason."""
+        if self.graphs is None:
+            return self.run(lepe, q, k, v, None), self._with_graph("cuda_graph: needs CUDA, ran eagerly")
+        weights = (lepe.global_taps, lepe.global_bias, lepe.local_taps, lepe.local_bias)
+        key = (q.data_ptr(), k.data_ptr(), v.data_ptr(), *(0 if t is None else t.data_ptr() for t in weights))
+        out, how = self.graphs(key, lambda: self.run(lepe, q, k, v, None))
+        return out, self._with_graph(how)
+
+    def _with_graph(self, how: str) -> dict:
+        info = self.graph_info.get(how)
+        if info is None:
+            info = self.graph_info[how] = {**self.info, "graph": how}
+        return info
 
 
 def _stripe_blocks(t: torch.Tensor, stripes: int):
@@ -280,78 +263,77 @@ def _stripe_blocks(t: torch.Tensor, stripes: int):
         return t.reshape(B, h * stripes, L, D), "A"  # a copy; no layout here needs it
 
 
-def _local_branch(kt, q, k, v, w, bias, o, hw, r, tuning: Tuning, info, lse=None):
-    """Local heads: softmax attention inside stripes of r rows + stripe LePE.
-    ``lse`` (B, HL, N) fp32, when given, receives each row's base-2 log-sum-exp."""
-    B, HL, N, D = q.shape
-    H, W = hw
-    L, stripes = r * W, H // r
-    plan = local_plan(L, D, q.dtype, tuning, lse=lse is not None)
-    if "stripe" in plan:
-        c = plan["stripe"].consts
-        tiles = math.ceil(L / c["BM"])
-        _launch(kt, plan["stripe"], (stripes * tiles, B * HL), q, k, v, w, bias, o, q.stride(0), q.stride(1),
-                q.stride(2), k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2),
-                o.stride(0), o.stride(1), o.stride(2), w.stride(0), H, W, r, HL, tiles,
-                1.4426950408889634 / math.sqrt(D), info=info, name="stripe", lse_ptr=o if lse is None else lse)
-        info["local"] = f"triton BM={c['BM']} BN={c['BN']}"
-        return
-    (qb, form), (kb, _), (vb, _) = (_stripe_blocks(t, stripes) for t in (q, k, v))
-    a = _unit_last(sdpa(qb, kb, vb, tuning.sdpa_impl))
-    if form == "A":  # row index head * stripes + stripe
-        s_ab, s_as, s_ah = a.stride(0), a.stride(1), stripes * a.stride(1)
-    else:  # row index batch * stripes + stripe
-        s_ab, s_as, s_ah = stripes * a.stride(0), a.stride(0), a.stride(1)
-    tiles = math.ceil(L / plan["epilogue"].consts["BM"])
-    _launch(kt, plan["epilogue"], (stripes * tiles, B * HL), a, v, w, bias, o, s_ab, s_as, s_ah, a.stride(2),
-            v.stride(0), v.stride(1), v.stride(2), o.stride(0), o.stride(1), o.stride(2), w.stride(0),
-            H, W, r, HL, tiles)
-    info["local"] = f"sdpa ({form} view) + triton LePE"
+PLANS: OrderedDict = OrderedDict()  # key -> ForwardPlan, least recently used first
+MAX_PLANS = 32
 
 
-def check_launchable(spec: ElfattSpec, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
-    """Unsupported when the kernels cannot take this case (device, dtype, sizes)."""
-    B, h, N, d = q.shape
-    reasons = fast_reasons(device=q.device, dtype=q.dtype, widths=spec.widths)
-    if reasons:
-        raise Unsupported("; ".join(reasons))
-    if B * h > 65535:
-        raise Unsupported(f"impl=fast launches batch*heads={B * h} programs on one grid axis (limit 65535)")
-    if N * max(t.stride(2) for t in (q, k, v)) >= 2**31 or N * h * d >= 2**31:
-        raise Unsupported(f"impl=fast indexes tokens in int32; N={N} tokens with these strides overflow it")
+def cached(plans: OrderedDict, key: tuple, build):
+    """``plans[key]``, built (``build()``) on a miss, least recently used dropped past MAX_PLANS."""
+    plan = plans.get(key)
+    if plan is None:
+        plan = plans[key] = build()
+        if len(plans) > MAX_PLANS:
+            plans.popitem(last=False)
+    elif len(plans) > 1:
+        plans.move_to_end(key)
+    return plan
 
 
-def empty(shape, like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
-    """An output buffer; NaN-filled under POISON, so an element no kernel writes shows."""
-    if POISON:
-        return torch.full(shape, float("nan"), device=like.device, dtype=dtype or like.dtype)
-    return torch.empty(shape, device=like.device, dtype=dtype or like.dtype)
+def case_of(spec: ElfattSpec, shape, strides, hw, dtype, wdtype, tuning: Tuning, keep: bool, sms: int) -> fp.Case:
+    return fp.Case(spec, tuple(shape), tuple(tuple(s[:3]) for s in strides), tuple(hw), dtype, wdtype, tuning, keep,
+                   sms)
+
+
+def _build_plan(spec, lepe: LepeWeights, q, k, v, hw, tuning: Tuning, keep: bool) -> ForwardPlan:
+    strides = [t.stride() for t in (q, k, v)]
+    copies = any(s[3] != 1 for s in strides)
+    if copies:  # the kernels need channel stride 1: such inputs are copied on each call
+        strides = [_unit_last(t).stride() for t in (q, k, v)]
+    check_launchable(spec, q.device, q.dtype, q.shape, strides)
+    w = lepe.global_taps if lepe.global_taps is not None else lepe.local_taps
+    case = case_of(spec, q.shape, strides, hw, q.dtype, w.dtype, tuning, keep, _sm_count(q.device))
+    return ForwardPlan(case, load_kernels(), q.device, copies)
 
 
 def fast_forward(spec: ElfattSpec, lepe: LepeWeights, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                  hw: tuple[int, int], tuning: Tuning = Tuning(), stats: dict | None = None
                  ) -> tuple[torch.Tensor, dict[str, str]]:
-    """The fast forward (no autograd): the (B, N, h, d) output buffer and what ran (tiles, registers).
-    ``stats`` (a dict): also keep what the fused backward needs in it (``ctx``,
-    ``kstats``, ``lse``); local heads then need ``tuning.local=triton``
-    (``Tuning.fused_backward``)."""
-    check_launchable(spec, q, k, v)
-    kt = load_kernels()
-    B, h, N, d = q.shape
-    buf = empty((B, N, h, d), q)
-    out = buf.permute(0, 2, 1, 3)  # (B, h, N, d) view of the (B, N, C) buffer
-    q, k, v = _unit_last(q), _unit_last(k), _unit_last(v)
-    (qg, ql), (kg, kl), (vg, vl), (og, ol) = (spec.split(t) for t in (q, k, v, out))
-    info: dict[str, str] = {}
+    """The fast forward (no autograd): the (B, N, h, d) output buffer and what ran (tiles, launches).
+    ``stats`` (a dict): also keep what the fused backward needs in it (``saved``);
+    local heads then need ``tuning.local=triton`` (``Tuning.fused_backward``).
+    ``tuning.cuda_graph`` (without ``stats``): replay a CUDA graph of the call
+    (``graphs.py``; the output is then that graph's static buffer)."""
+    w = lepe.global_taps if lepe.global_taps is not None else lepe.local_taps
     keep = stats is not None
-    if spec.has_global():
-        kstats = torch.empty(B * qg.shape[1], _pow2(qg.shape[-1]), device=q.device, dtype=torch.float32) if keep else None
-        ctx = _global_branch(kt, qg, kg, vg, lepe.global_taps, lepe.global_bias, og, hw, tuning, info, kstats)
-        if keep:
-            stats.update(ctx=ctx, kstats=kstats)
-    if spec.has_local():
-        lse = torch.empty(B, ql.shape[1], N, device=q.device, dtype=torch.float32) if keep else None
-        _local_branch(kt, ql, kl, vl, lepe.local_taps, lepe.local_bias, ol, hw, spec.block_rows, tuning, info, lse)
-        if keep:
-            stats["lse"] = lse
-    return buf, info
+    key = (spec, tuning, q.shape, q.stride(), k.stride(), v.stride(), q.dtype, q.device, w.dtype, hw, keep,
+           interpreting())
+    plan = cached(PLANS, key, lambda: _build_plan(spec, lepe, q, k, v, hw, tuning, keep))
+    if tuning.cuda_graph and not keep:
+        return plan.graphed(lepe, q, k, v)
+    out = plan.run(lepe, q, k, v, stats)
+    return out, plan._with_graph("off") if tuning.cuda_graph else plan.info
+
+
+def case_plan(spec: ElfattSpec, batch: int, hw: tuple[int, int], dtype: torch.dtype, tuning: Tuning = Tuning(),
+              sms: int = 132, stats: bool = False, strides=None) -> list[Prepared]:
+    """Every launch of one fast forward on the layer's layout (q, k, v: permuted views
+    of one (B, N, 3, h, d) tensor), without tensors: for compile checks and launch plans.
+    With ``local=sdpa``, the LePE epilogue as it runs after a contiguous SDPA output."""
+    h, d = spec.heads, spec.head_dim
+    N = hw[0] * hw[1]
+    if strides is None:
+        strides = [(N * 3 * h * d, d, 3 * h * d, 1)] * 3
+    case = case_of(spec, (batch, h, N, d), strides, hw, dtype, dtype, tuning, stats, sms)
+    kt = load_kernels()
+    launches, _, _, _ = fp.build(case, kt)
+    if tuning.local == "sdpa" and spec.has_local():  # the epilogue after SDPA, its output contiguous in form B
+        br = fp.branches(spec, case.shape, case.strides)
+        L = spec.block_rows * hw[1]
+        launches.append(fp.epilogue_launch(case, br, kt, (br.HL * L * br.dl, L * br.dl, br.dl), "B", fp.BL + 1))
+    return launches
+
+
+def saved_views(spec: ElfattSpec, shape, dtype: torch.dtype, saved: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The typed parts of a forward's ``saved`` buffer: ctx, kstats, lse (see ``forward_plan``)."""
+    br = fp.branches(spec, shape, [(0, 0, 0)] * 3)
+    return fp.saved_views(saved, fp.saved_layout(br, dtype))

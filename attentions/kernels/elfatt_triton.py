@@ -147,33 +147,50 @@ def global_context_kernel(
 
 
 @triton.jit
-def global_combine_kernel(ws_ptr, ctx_ptr, WIDTH: tl.constexpr, S: tl.constexpr, BD: tl.constexpr, CR: tl.constexpr,
-                          stats_ptr, STORE_STATS: tl.constexpr):
-    """Merge the S split records of one (batch, head) into ctx = acc / l, for
-    CR rows (k channels) of ctx per program, summing splits in index order
-    (deterministic). The max over splits comes first, so the S loads of the
-    second loop are independent of each other and can all be in flight.
+def _combine_rows(ws_ptr, ctx_ptr, stats_ptr, pid, WIDTH: tl.constexpr, S: tl.constexpr, BD: tl.constexpr,
+                  CR: tl.constexpr, SB: tl.constexpr, STORE_STATS: tl.constexpr):
+    """Program ``pid`` of a combine: rows (pid % (BD/CR)) * CR.. of head pid // (BD/CR).
+    Merges the S split records of that (batch, head) into ctx = acc / l, SB
+    records per step (their loads all in flight), in a fixed order
+    (deterministic). The rows' CR x BD values are one flat axis of CR*BD
+    columns (column j: row j // BD, channel j % BD; a row's m and l are loaded
+    once per column, from cache). The max over splits comes first.
     STORE_STATS: also write the merged K statistics of these rows, as
     ``global_context_kernel`` does with one split."""
-    pid = tl.program_id(0)
-    rows = tl.program_id(1) * CR + tl.arange(0, CR)
-    offs_c = tl.arange(0, BD)
+    head = pid // (BD // CR)
+    cols = tl.arange(0, CR * BD)
+    row = (pid % (BD // CR)) * CR + cols // BD
+    chan = cols % BD
     rec_len = BD * BD + 2 * BD
-    base = ws_ptr + pid.to(tl.int64) * S * rec_len
-    m = tl.full([CR], float("-inf"), tl.float32)
-    for s in range(S):
-        m = tl.maximum(m, tl.load(base + s * rec_len + rows))
-    l = tl.full([CR], 0.0, tl.float32)
-    acc = tl.full([CR, BD], 0.0, tl.float32)
-    for s in range(S):
-        rec = base + s * rec_len
-        beta = tl.exp2(tl.load(rec + rows) - m)
-        l += tl.load(rec + BD + rows) * beta
-        acc += tl.load(rec + 2 * BD + rows[:, None] * BD + offs_c[None, :]) * beta[:, None]
-    ctx = tl.where((rows < WIDTH)[:, None] & (offs_c < WIDTH)[None, :], acc / l[:, None], 0.0)
-    tl.store(ctx_ptr + pid.to(tl.int64) * BD * BD + rows[:, None] * BD + offs_c[None, :], ctx.to(ctx_ptr.dtype.element_ty))
+    base = ws_ptr + head.to(tl.int64) * S * rec_len
+    sb = tl.arange(0, SB)
+    m = tl.full([CR * BD], float("-inf"), tl.float32)
+    for s0 in range(0, S, SB):
+        ok = (s0 + sb < S)[:, None]
+        mr = tl.load(base + (s0 + sb)[:, None] * rec_len + row[None, :], mask=ok, other=float("-inf"))
+        m = tl.maximum(m, tl.reduce(mr, 0, _elementwise_max))
+    l = tl.full([CR * BD], 0.0, tl.float32)
+    acc = tl.full([CR * BD], 0.0, tl.float32)
+    for s0 in range(0, S, SB):
+        ok = (s0 + sb < S)[:, None]
+        rec = base + (s0 + sb)[:, None] * rec_len
+        beta = tl.exp2(tl.load(rec + row[None, :], mask=ok, other=float("-inf")) - m[None, :])  # past S: 0
+        l += tl.reduce(tl.load(rec + BD + row[None, :], mask=ok, other=0.0) * beta, 0, _sum_combine)
+        part = tl.load(rec + 2 * BD + (row * BD + chan)[None, :], mask=ok, other=0.0) * beta
+        acc += tl.reduce(part, 0, _sum_combine)
+    ctx = tl.where((row < WIDTH) & (chan < WIDTH), acc / l, 0.0)
+    tl.store(ctx_ptr + head.to(tl.int64) * BD * BD + row * BD + chan, ctx.to(ctx_ptr.dtype.element_ty))
     if STORE_STATS:
-        tl.store(stats_ptr + pid.to(tl.int64) * BD + rows, m + tl.log2(l))
+        tl.store(stats_ptr + head.to(tl.int64) * BD + row, m + tl.log2(l), mask=chan == 0)
+
+
+@triton.jit
+def global_combine_kernel(ws_ptr, ctx_ptr, stats_ptr, WIDTH: tl.constexpr, S: tl.constexpr, BD: tl.constexpr,
+                          CR: tl.constexpr, SB: tl.constexpr, STORE_STATS: tl.constexpr):
+    """The combine on its own: one program per CR rows of one head's ctx
+    (1-D grid of B*G*BD/CR programs); see ``_combine_rows``. With local heads
+    the stripe kernel runs these programs first instead (its COMBINE)."""
+    _combine_rows(ws_ptr, ctx_ptr, stats_ptr, tl.program_id(0), WIDTH, S, BD, CR, SB, STORE_STATS)
 
 
 @triton.jit
@@ -207,17 +224,16 @@ def global_out_kernel(
 
 
 @triton.jit
-def stripe_attn_kernel(
-    q_ptr, k_ptr, v_ptr, w_ptr, b_ptr, o_ptr,
+def _stripe_program(
+    pid, q_ptr, k_ptr, v_ptr, w_ptr, b_ptr, o_ptr,
     s_qb, s_qh, s_qn, s_kb, s_kh, s_kn, s_vb, s_vh, s_vn, s_ob, s_oh, s_on, s_wt,
     H, W, R, HL, TILES, qk_scale,
     WIDTH: tl.constexpr, L: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, DOT_PREC: tl.constexpr,
-    LEPE_UNROLL: tl.constexpr,
-    lse_ptr, STORE_LSE: tl.constexpr,
+    LEPE_UNROLL: tl.constexpr, lse_ptr, STORE_LSE: tl.constexpr,
 ):
     """Softmax attention inside one stripe of R rows (L = R*W tokens) + stripe LePE.
 
-    Program (stripe*TILES + tile, batch*head): BM query rows of one stripe
+    Program ``pid`` = (batch*head) * stripes*TILES + stripe*TILES + tile: BM query rows of one stripe
     against the stripe's L keys in BN steps (online softmax, flash style);
     tiles never cross a stripe, so the stripe's bounds are scalars.
     ``qk_scale`` = log2(e) / sqrt(width).
@@ -225,8 +241,9 @@ def stripe_attn_kernel(
     its scaled base-2 scores, m + log2(l), to ``lse_ptr`` (B, HL, N) fp32, so
     that p[i, j] = exp2(q_i . k_j * qk_scale - lse[i]).
     """
-    pid_t = tl.program_id(0)
-    pid_bh = tl.program_id(1)
+    per_head = (H // R) * TILES
+    pid_t = pid % per_head
+    pid_bh = pid // per_head
     b = (pid_bh // HL).to(tl.int64)
     hh = pid_bh % HL
     stripe = pid_t // TILES
@@ -267,6 +284,37 @@ def stripe_attn_kernel(
                  LEPE_UNROLL)
     o = o_ptr + b * s_ob + hh * s_oh + offs_m[:, None] * s_on + offs_c[None, :]
     tl.store(o, acc.to(o_ptr.dtype.element_ty), mask=m_mask[:, None] & c_mask[None, :])
+
+
+@triton.jit
+def stripe_attn_kernel(
+    q_ptr, k_ptr, v_ptr, w_ptr, b_ptr, o_ptr,
+    s_qb, s_qh, s_qn, s_kb, s_kh, s_kn, s_vb, s_vh, s_vn, s_ob, s_oh, s_on, s_wt,
+    H, W, R, HL, TILES, qk_scale,
+    WIDTH: tl.constexpr, L: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, DOT_PREC: tl.constexpr,
+    LEPE_UNROLL: tl.constexpr,
+    lse_ptr, STORE_LSE: tl.constexpr,
+    ws_ptr, ctx_ptr, stats_ptr, STRIPES,
+    COMBINE: tl.constexpr, C_WIDTH: tl.constexpr, C_S: tl.constexpr, C_BD: tl.constexpr, C_CR: tl.constexpr,
+    C_SB: tl.constexpr, C_STATS: tl.constexpr,
+):
+    """The local heads' stripes (``_stripe_program``: programs [0, STRIPES)), 1-D
+    grid. COMBINE: the programs after those are the global branch's combine
+    (``_combine_rows`` with the C_* constants), so it needs no launch of its own;
+    last, they take the slots the stripes' last wave leaves idle (first, they
+    delayed that many stripe programs by their own time: 6 us at 1024 px, H200)."""
+    pid = tl.program_id(0)
+    if COMBINE:
+        if pid < STRIPES:
+            _stripe_program(pid, q_ptr, k_ptr, v_ptr, w_ptr, b_ptr, o_ptr, s_qb, s_qh, s_qn, s_kb, s_kh, s_kn,
+                            s_vb, s_vh, s_vn, s_ob, s_oh, s_on, s_wt, H, W, R, HL, TILES, qk_scale, WIDTH, L, BM, BN,
+                            BD, DOT_PREC, LEPE_UNROLL, lse_ptr, STORE_LSE)
+        else:
+            _combine_rows(ws_ptr, ctx_ptr, stats_ptr, pid - STRIPES, C_WIDTH, C_S, C_BD, C_CR, C_SB, C_STATS)
+    else:
+        _stripe_program(pid, q_ptr, k_ptr, v_ptr, w_ptr, b_ptr, o_ptr, s_qb, s_qh, s_qn, s_kb, s_kh, s_kn,
+                        s_vb, s_vh, s_vn, s_ob, s_oh, s_on, s_wt, H, W, R, HL, TILES, qk_scale, WIDTH, L, BM, BN,
+                        BD, DOT_PREC, LEPE_UNROLL, lse_ptr, STORE_LSE)
 
 
 @triton.jit

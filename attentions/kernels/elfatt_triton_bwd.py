@@ -17,8 +17,13 @@ Statistics saved by the forward (see elfatt_backward.py):
 
 Determinism: every gradient element is written by exactly one program; sums
 over tokens and batch (d_ctx, LePE weights and bias) go as per-program fp32
-partials to a workspace and are merged in index order by a combine kernel.
+partials to a workspace and are merged in index order by a merge launch.
 No atomics.
+
+Three launches (``bwd_reduce_kernel``, ``bwd_merge_kernel``,
+``bwd_tiles_kernel``), each running several roles (the ``_`` helpers) by
+ranges of its 1-D program index; every role's program index is laid out as
+its old 2-D grid was (batch*head outermost).
 
 LePE records: (NTAP, BD) fp32 per (batch*head, token split); row ky*3+kx holds
 sum_n do[n, c] * v[n + (ky-1)*W + (kx-1), c] over the split's tokens whose
@@ -101,17 +106,17 @@ def _softmax_rows(x, c_mask):
 
 
 @triton.jit
-def global_bwd_partial_kernel(
-    q_ptr, v_ptr, do_ptr, ws_ptr, wws_ptr,
+def _global_partial(
+    pid, q_ptr, v_ptr, do_ptr, ws_ptr, wws_ptr,
     s_qb, s_qh, s_qn, s_vb, s_vh, s_vn, s_db, s_dh, s_dn,
     N, W, G, S,
     WIDTH: tl.constexpr, CHUNK: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr, DOT_PREC: tl.constexpr,
 ):
-    """Per (token split, batch*head): the split's share of d_ctx = q_hat^T do
+    """Program ``pid`` = batch*head * S + token split: the split's share of d_ctx = q_hat^T do
     into ``ws`` (B*G*S, BD, BD) fp32 and of the global LePE's weight and bias
     gradients into ``wws`` (B*G*S, NTAP, BD) fp32, one pass over CHUNK tokens."""
-    pid_s = tl.program_id(0)
-    pid_bh = tl.program_id(1)
+    pid_s = pid % S
+    pid_bh = pid // S
     b = (pid_bh // G).to(tl.int64)
     hh = (pid_bh % G).to(tl.int64)
     q_base = q_ptr + b * s_qb + hh * s_qh
@@ -140,27 +145,27 @@ def global_bwd_partial_kernel(
 
 
 @triton.jit
-def global_bwd_combine_kernel(ws_ptr, ctx_ptr, dctx_ptr, col_ptr, S: tl.constexpr, BD: tl.constexpr, CR: tl.constexpr):
-    """Merge the S d_ctx partials of one (batch, head), CR rows per program,
-    in split order, into ``dctx`` (B*G, BD, BD) fp32, and write the dk column
-    term col[c] = sum_j ctx[c, j] * d_ctx[c, j] (= sum_n k_hat[n, c] * (v d_ctx^T)[n, c])
-    to ``col`` (B*G, BD) fp32."""
-    pid = tl.program_id(0)
-    rows = tl.program_id(1) * CR + tl.arange(0, CR)
+def _dctx_rows(pid, ws_ptr, ctx_ptr, dctx_ptr, col_ptr, S: tl.constexpr, BD: tl.constexpr, CR: tl.constexpr):
+    """Program ``pid`` = head * (BD/CR) + row block: merge the S d_ctx partials of
+    CR rows of one (batch, head), in split order, into ``dctx`` (B*G, BD, BD)
+    fp32, and write the dk column term col[c] = sum_j ctx[c, j] * d_ctx[c, j]
+    (= sum_n k_hat[n, c] * (v d_ctx^T)[n, c]) to ``col`` (B*G, BD) fp32."""
+    head = (pid // (BD // CR)).to(tl.int64)
+    rows = (pid % (BD // CR)) * CR + tl.arange(0, CR)
     offs_c = tl.arange(0, BD)
     offs = rows[:, None] * BD + offs_c[None, :]
-    base = ws_ptr + pid.to(tl.int64) * S * BD * BD
+    base = ws_ptr + head * S * BD * BD
     acc = tl.full([CR, BD], 0.0, tl.float32)
     for s in range(S):
         acc += tl.load(base + s * BD * BD + offs)
-    ctx = tl.load(ctx_ptr + pid.to(tl.int64) * BD * BD + offs).to(tl.float32)
-    tl.store(dctx_ptr + pid.to(tl.int64) * BD * BD + offs, acc)
-    tl.store(col_ptr + pid.to(tl.int64) * BD + rows, tl.reduce(ctx * acc, 1, _sum_combine))
+    ctx = tl.load(ctx_ptr + head * BD * BD + offs).to(tl.float32)
+    tl.store(dctx_ptr + head * BD * BD + offs, acc)
+    tl.store(col_ptr + head * BD + rows, tl.reduce(ctx * acc, 1, _sum_combine))
 
 
 @triton.jit
-def global_bwd_tile_kernel(
-    q_ptr, k_ptr, v_ptr, do_ptr, ctx_ptr, kst_ptr, dctx_ptr, col_ptr, w_ptr, dq_ptr, dk_ptr, dv_ptr,
+def _global_tile(
+    pid, q_ptr, k_ptr, v_ptr, do_ptr, ctx_ptr, kst_ptr, dctx_ptr, col_ptr, w_ptr, dq_ptr, dk_ptr, dv_ptr,
     s_qb, s_qh, s_qn, s_kb, s_kh, s_kn, s_vb, s_vh, s_vn, s_db, s_dh, s_dn,
     s_gqb, s_gqh, s_gqn, s_gkb, s_gkh, s_gkn, s_gvb, s_gvh, s_gvn, s_wt,
     N, W, G,
@@ -169,9 +174,11 @@ def global_bwd_tile_kernel(
     """dq, dk, dv of BM tokens of one global head:
     dq = q_hat * (g - rowsum(g * q_hat)) with g = do ctx^T;
     dk = k_hat * (v d_ctx^T - col); dv = k_hat d_ctx + LePE^T(do).
-    Written in that order, so few tiles are live at once."""
-    pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
+    Written in that order, so few tiles are live at once.
+    Program ``pid`` = batch*head * ceil(N / BM) + token tile."""
+    tiles = (N + BM - 1) // BM
+    pid_m = pid % tiles
+    pid_bh = pid // tiles
     b = (pid_bh // G).to(tl.int64)
     hh = pid_bh % G
     offs_n = pid_m * BM + tl.arange(0, BM)
@@ -205,31 +212,36 @@ def global_bwd_tile_kernel(
 
 
 @triton.jit
-def lepe_wgrad_combine_kernel(wws_ptr, dw_ptr, db_ptr, s_dwt, G,
-                              WIDTH: tl.constexpr, B: tl.constexpr, S: tl.constexpr, BD: tl.constexpr):
-    """Merge the LePE records of one head over batch and splits, in index
-    order, into its channels of dw (9, G*WIDTH) taps-first and db (G*WIDTH,),
-    stored in their own dtypes. Records are indexed (b*G + head)*S + split.
-    B and S are trip counts, so constexpr: one compile per batch size."""
-    hh = tl.program_id(0)
-    taps = tl.arange(0, NTAP)
-    offs_c = tl.arange(0, BD)
+def _lepe_merge(pid, wws_ptr, dw_ptr, db_ptr, G, WIDTH: tl.constexpr, B: tl.constexpr, S: tl.constexpr,
+                BD: tl.constexpr, TR: tl.constexpr, CB: tl.constexpr):
+    """Program ``pid`` = ((head * cdiv(10, TR)) + tap block) * (BD/CB) + channel block:
+    merge that (TR, CB) block of one head's LePE records over batch and splits,
+    in index order, into dw (G*WIDTH, 9) channel-major (the conv's own layout;
+    taps-first is its transpose) and db (G*WIDTH,), in their dtypes. Records
+    are indexed (b*G + head)*S + split; B and S are trip counts, so constexpr."""
+    per_head = ((10 + TR - 1) // TR) * (BD // CB)  # tap blocks holding rows 0..9 (taps and bias)
+    hh = pid // per_head
+    tb = (pid % per_head) // (BD // CB)
+    taps = tb * TR + tl.arange(0, TR)
+    offs_c = (pid % (BD // CB)) * CB + tl.arange(0, CB)
     offs = taps[:, None] * BD + offs_c[None, :]
-    acc = tl.full([NTAP, BD], 0.0, tl.float32)
+    acc = tl.full([TR, CB], 0.0, tl.float32)
     for b in range(B):
         for s in range(S):
             rec = ((b * G + hh) * S + s).to(tl.int64)
             acc += tl.load(wws_ptr + rec * NTAP * BD + offs)
+    chan = hh * WIDTH + offs_c
     c_mask = offs_c < WIDTH
-    tl.store(dw_ptr + taps[:, None] * s_dwt + hh * WIDTH + offs_c[None, :], acc.to(dw_ptr.dtype.element_ty),
+    tl.store(dw_ptr + chan[None, :] * 9 + taps[:, None], acc.to(dw_ptr.dtype.element_ty),
              mask=(taps < 9)[:, None] & c_mask[None, :])
     db = tl.reduce(tl.where(taps[:, None] == 9, acc, 0.0), 0, _sum_combine)
-    tl.store(db_ptr + hh * WIDTH + offs_c, db.to(db_ptr.dtype.element_ty), mask=c_mask)
+    has_bias = (tb * TR <= 9) & (tb * TR + TR > 9)
+    tl.store(db_ptr + chan, db.to(db_ptr.dtype.element_ty), mask=c_mask & has_bias)
 
 
 @triton.jit
-def stripe_bwd_pre_kernel(
-    o_ptr, do_ptr, v_ptr, w_ptr, b_ptr, delta_ptr, wws_ptr,
+def _stripe_pre(
+    pid, o_ptr, do_ptr, v_ptr, w_ptr, b_ptr, delta_ptr, wws_ptr,
     s_ob, s_oh, s_on, s_db, s_dh, s_dn, s_vb, s_vh, s_vn, s_wt,
     N, W, R, HL, S,
     WIDTH: tl.constexpr, CHUNK: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr,
@@ -238,9 +250,10 @@ def stripe_bwd_pre_kernel(
     where a = out - LePE(v) is the attention part of the forward's output
     (the LePE recomputed, not saved), stored to ``delta`` (B*HL, N) fp32; and
     the split's stripe-LePE weight and bias gradient record into ``wws``. Token
-    tiles may cross stripes: both only need each token's band."""
-    pid_s = tl.program_id(0)
-    pid_bh = tl.program_id(1)
+    tiles may cross stripes: both only need each token's band.
+    Program ``pid`` = batch*head * S + token split."""
+    pid_s = pid % S
+    pid_bh = pid // S
     b = (pid_bh // HL).to(tl.int64)
     hh = (pid_bh % HL).to(tl.int64)
     o_base = o_ptr + b * s_ob + hh * s_oh
@@ -267,21 +280,23 @@ def stripe_bwd_pre_kernel(
 
 
 @triton.jit
-def stripe_bwd_dkdv_kernel(
-    q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, w_ptr, dk_ptr, dv_ptr,
+def _stripe_dkdv(
+    pid, q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, w_ptr, dk_ptr, dv_ptr,
     s_qb, s_qh, s_qn, s_kb, s_kh, s_kn, s_vb, s_vh, s_vn, s_db, s_dh, s_dn,
     s_gkb, s_gkh, s_gkn, s_gvb, s_gvh, s_gvn, s_wt,
     N, W, R, HL, TILES, qk_scale,
     WIDTH: tl.constexpr, L: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr,
     DOT_PREC: tl.constexpr,
 ):
-    """dk, dv of BN keys of one stripe (program stripe*TILES + tile, batch*head),
+    """dk, dv of BN keys of one stripe,
     looping over the stripe's queries in BM steps with the scores recomputed
     transposed, s^T = k q^T, from the saved lse:
     p^T = exp2(s^T - lse), dv += p^T do, ds^T = p^T * (v do^T - delta), dk += ds^T q;
-    then dk /= sqrt(width) and dv += LePE^T(do) inside the stripe."""
-    pid_t = tl.program_id(0)
-    pid_bh = tl.program_id(1)
+    then dk /= sqrt(width) and dv += LePE^T(do) inside the stripe.
+    Program ``pid`` = batch*head * stripes*TILES + stripe*TILES + tile."""
+    per_head = (N // L) * TILES
+    pid_t = pid % per_head
+    pid_bh = pid // per_head
     b = (pid_bh // HL).to(tl.int64)
     hh = pid_bh % HL
     s0 = (pid_t // TILES) * L
@@ -320,18 +335,20 @@ def stripe_bwd_dkdv_kernel(
 
 
 @triton.jit
-def stripe_bwd_dq_kernel(
-    q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr,
+def _stripe_dq(
+    pid, q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr,
     s_qb, s_qh, s_qn, s_kb, s_kh, s_kn, s_vb, s_vh, s_vn, s_db, s_dh, s_dn, s_gqb, s_gqh, s_gqn,
     N, HL, TILES, qk_scale,
     WIDTH: tl.constexpr, L: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr,
     DOT_PREC: tl.constexpr,
 ):
-    """dq of BM queries of one stripe (program stripe*TILES + tile, batch*head),
-    looping over the stripe's keys in BN steps: p = exp2(q k^T * qk_scale - lse),
-    ds = p * (do v^T - delta), dq += ds k; then dq /= sqrt(width)."""
-    pid_t = tl.program_id(0)
-    pid_bh = tl.program_id(1)
+    """dq of BM queries of one stripe, looping over the stripe's keys in BN
+    steps: p = exp2(q k^T * qk_scale - lse), ds = p * (do v^T - delta),
+    dq += ds k; then dq /= sqrt(width).
+    Program ``pid`` = batch*head * stripes*TILES + stripe*TILES + tile."""
+    per_head = (N // L) * TILES
+    pid_t = pid % per_head
+    pid_bh = pid // per_head
     b = (pid_bh // HL).to(tl.int64)
     hh = pid_bh % HL
     s0 = (pid_t // TILES) * L
@@ -365,3 +382,88 @@ def stripe_bwd_dq_kernel(
     dq = dq * (qk_scale * LN2)
     tl.store(dq_ptr + b * s_gqb + hh * s_gqh + tok_i[:, None] * s_gqn + offs_c[None, :], dq.to(dq_ptr.dtype.element_ty),
              mask=q_mask)
+
+
+# -- launches: each runs several roles, by ranges of its 1-D program index ---
+# A role is on when its constexpr flag is; the roles' program counts (P_*)
+# are run-time. Launched one role at a time (the other flags off), each entry
+# is also each role on its own.
+@triton.jit
+def bwd_reduce_kernel(
+    gq_ptr, gv_ptr, gdo_ptr, ws_ptr, gwws_ptr,
+    lo_ptr, ldo_ptr, lv_ptr, lw_ptr, lb_ptr, delta_ptr, lwws_ptr,
+    s_qb, s_qh, s_qn, s_vb, s_vh, s_vn, s_db, s_dh, s_dn, s_ob, s_oh, s_on, l_s_wt,
+    N, W, R, G, HL, S_G, S_L, P_G,
+    HAS_G: tl.constexpr, HAS_L: tl.constexpr, BM: tl.constexpr,
+    G_WIDTH: tl.constexpr, G_BD: tl.constexpr, G_CHUNK: tl.constexpr, DOT_PREC: tl.constexpr,
+    L_WIDTH: tl.constexpr, L_BD: tl.constexpr, L_CHUNK: tl.constexpr,
+):
+    """The token reductions: programs [0, P_G) ``_global_partial`` (d_ctx and
+    global LePE records), then ``_stripe_pre`` (delta and stripe LePE records)."""
+    pid = tl.program_id(0)
+    if HAS_G:
+        if pid < P_G:
+            _global_partial(pid, gq_ptr, gv_ptr, gdo_ptr, ws_ptr, gwws_ptr, s_qb, s_qh, s_qn, s_vb, s_vh, s_vn,
+                            s_db, s_dh, s_dn, N, W, G, S_G, G_WIDTH, G_CHUNK, BM, G_BD, DOT_PREC)
+    if HAS_L:
+        if pid >= P_G:
+            _stripe_pre(pid - P_G, lo_ptr, ldo_ptr, lv_ptr, lw_ptr, lb_ptr, delta_ptr, lwws_ptr, s_ob, s_oh, s_on,
+                        s_db, s_dh, s_dn, s_vb, s_vh, s_vn, l_s_wt, N, W, R, HL, S_L, L_WIDTH, L_CHUNK, BM, L_BD)
+
+
+@triton.jit
+def bwd_merge_kernel(
+    ws_ptr, ctx_ptr, dctx_ptr, col_ptr, gwws_ptr, gdw_ptr, gdb_ptr, lwws_ptr, ldw_ptr, ldb_ptr,
+    G, HL, P_D, P_GL,
+    HAS_G: tl.constexpr, HAS_L: tl.constexpr, B: tl.constexpr, CR: tl.constexpr, TR: tl.constexpr,
+    CB: tl.constexpr, G_WIDTH: tl.constexpr, G_BD: tl.constexpr, S_G: tl.constexpr,
+    L_WIDTH: tl.constexpr, L_BD: tl.constexpr, S_L: tl.constexpr,
+):
+    """The merges of the reductions' records, in fixed order: programs [0, P_D)
+    ``_dctx_rows``, the next P_GL the global LePE gradients, the rest the
+    stripe LePE gradients (``_lepe_merge``)."""
+    pid = tl.program_id(0)
+    if HAS_G:
+        if pid < P_D:
+            _dctx_rows(pid, ws_ptr, ctx_ptr, dctx_ptr, col_ptr, S_G, G_BD, CR)
+        if pid >= P_D:
+            if pid < P_D + P_GL:
+                _lepe_merge(pid - P_D, gwws_ptr, gdw_ptr, gdb_ptr, G, G_WIDTH, B, S_G, G_BD, TR, CB)
+    if HAS_L:
+        if pid >= P_D + P_GL:
+            _lepe_merge(pid - P_D - P_GL, lwws_ptr, ldw_ptr, ldb_ptr, HL, L_WIDTH, B, S_L, L_BD, TR, CB)
+
+
+@triton.jit
+def bwd_tiles_kernel(
+    gq_ptr, gk_ptr, gv_ptr, gdo_ptr, ctx_ptr, kst_ptr, dctx_ptr, col_ptr, gw_ptr, gdq_ptr, gdk_ptr, gdv_ptr,
+    lq_ptr, lk_ptr, lv_ptr, ldo_ptr, lse_ptr, delta_ptr, lw_ptr, ldq_ptr, ldk_ptr, ldv_ptr,
+    s_qb, s_qh, s_qn, s_kb, s_kh, s_kn, s_vb, s_vh, s_vn, s_db, s_dh, s_dn,
+    s_gqb, s_gqh, s_gqn, s_gkb, s_gkh, s_gkn, s_gvb, s_gvh, s_gvn, g_s_wt, l_s_wt,
+    N, W, R, G, HL, KV_TILES, Q_TILES, qk_scale, P_G, P_KV,
+    R_G: tl.constexpr, R_KV: tl.constexpr, R_Q: tl.constexpr, DOT_PREC: tl.constexpr,
+    G_WIDTH: tl.constexpr, G_BM: tl.constexpr, G_BD: tl.constexpr,
+    L_WIDTH: tl.constexpr, L: tl.constexpr, L_BD: tl.constexpr, KV_BM: tl.constexpr, KV_BN: tl.constexpr,
+    Q_BM: tl.constexpr, Q_BN: tl.constexpr,
+):
+    """The gradient tiles: programs [0, P_G) ``_global_tile``, the next P_KV
+    ``_stripe_dkdv``, the rest ``_stripe_dq``."""
+    pid = tl.program_id(0)
+    if R_G:
+        if pid < P_G:
+            _global_tile(pid, gq_ptr, gk_ptr, gv_ptr, gdo_ptr, ctx_ptr, kst_ptr, dctx_ptr, col_ptr, gw_ptr, gdq_ptr,
+                         gdk_ptr, gdv_ptr, s_qb, s_qh, s_qn, s_kb, s_kh, s_kn, s_vb, s_vh, s_vn, s_db, s_dh, s_dn,
+                         s_gqb, s_gqh, s_gqn, s_gkb, s_gkh, s_gkn, s_gvb, s_gvh, s_gvn, g_s_wt, N, W, G,
+                         G_WIDTH, G_BM, G_BD, DOT_PREC)
+    if R_KV:
+        if pid >= P_G:
+            if pid < P_G + P_KV:
+                _stripe_dkdv(pid - P_G, lq_ptr, lk_ptr, lv_ptr, ldo_ptr, lse_ptr, delta_ptr, lw_ptr, ldk_ptr, ldv_ptr,
+                             s_qb, s_qh, s_qn, s_kb, s_kh, s_kn, s_vb, s_vh, s_vn, s_db, s_dh, s_dn,
+                             s_gkb, s_gkh, s_gkn, s_gvb, s_gvh, s_gvn, l_s_wt, N, W, R, HL, KV_TILES, qk_scale,
+                             L_WIDTH, L, KV_BM, KV_BN, L_BD, DOT_PREC)
+    if R_Q:
+        if pid >= P_G + P_KV:
+            _stripe_dq(pid - P_G - P_KV, lq_ptr, lk_ptr, lv_ptr, ldo_ptr, lse_ptr, delta_ptr, ldq_ptr,
+                       s_qb, s_qh, s_qn, s_kb, s_kh, s_kn, s_vb, s_vh, s_vn, s_db, s_dh, s_dn, s_gqb, s_gqh, s_gqn,
+                       N, HL, Q_TILES, qk_scale, L_WIDTH, L, Q_BM, Q_BN, L_BD, DOT_PREC)

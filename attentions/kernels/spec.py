@@ -11,6 +11,7 @@ from ..functional import SDPA_IMPLS
 
 LOCAL_MODES = ("triton", "sdpa")
 BACKWARDS = ("fused", "reference")
+BOOLS = ("lepe_unroll", "bwd_merge_tiles", "merge_launches", "fast_launch", "cuda_graph")
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,7 @@ class Tuning:
     warps and pipeline stages of each kernel. lepe_unroll: unroll the LePE's
     3 taps per row (more registers, more loads in flight). backward and bwd_*:
     the backward pass (below); whether the fused one runs: ``fused_backward``.
+    merge_launches, fast_launch, cuda_graph: the host side (below).
     """
 
     local: str = "triton"
@@ -113,6 +115,30 @@ class Tuning:
     bwd_q_bn: int | None = None
     bwd_q_warps: int | None = None
     bwd_stages: int | None = None
+    bwd_merge_tiles: bool = False  # the three gradient-tile roles in one launch (with merge_launches)
+    # Host side: ``merge_launches`` runs independent roles in one launch (the forward's
+    # combine inside the stripe launch; the backward's reductions in one launch and its
+    # merges in one: 5 launches instead of 8, 3 with ``bwd_merge_tiles``);
+    # ``fast_launch`` launches each compiled kernel directly after its first call
+    # (False: triton's JIT launch path every call); ``cuda_graph`` (inference, CUDA):
+    # capture the forward once per case and input addresses, then replay it.
+    merge_launches: bool = True
+    fast_launch: bool = True
+    cuda_graph: bool = False
+
+    def __hash__(self) -> int:  # computed once: the fast path hashes its Tuning on every call
+        h = self.__dict__.get("_hash")
+        if h is None:
+            h = hash(tuple(getattr(self, f.name) for f in dataclasses.fields(self)))
+            object.__setattr__(self, "_hash", h)
+        return h
+
+    def __getstate__(self) -> dict:  # string hashes differ between processes: never pickle one
+        return {k: v for k, v in self.__dict__.items() if k != "_hash"}
+
+    def __setstate__(self, state: dict) -> None:
+        for k, v in state.items():
+            object.__setattr__(self, k, v)
 
     @property
     def fused_backward(self) -> bool:
@@ -138,9 +164,9 @@ class Tuning:
         for key, value in options.items():
             if key in ("local", "sdpa_impl", "backward") or value is None:
                 continue
-            if key == "lepe_unroll":
+            if key in BOOLS:
                 if not isinstance(value, bool):
-                    raise ValueError(f"tuning.lepe_unroll={value!r}; valid: true, false")
+                    raise ValueError(f"tuning.{key}={value!r}; valid: true, false")
             elif isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"tuning.{key}={value!r}; valid: a positive integer")
         return cls(**options)

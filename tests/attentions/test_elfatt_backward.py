@@ -125,6 +125,10 @@ CASES = [
     (24, 3, (4, 10), 1, {"global_heads": 3}, SMALL_TILES),  # global only, 3 splits
     (16, 2, (4, 6), 2, {"global_heads": 0}, {}),  # local only
     (16, 2, (4, 10), 2, {"block_rows": 2}, SMALL_TILES),  # 2 query and 2 key tiles per stripe, 3 splits
+    (16, 2, (4, 10), 2, {"block_rows": 2}, {**SMALL_TILES, "merge_launches": False}),  # one launch per role
+    (16, 2, (4, 10), 2, {"block_rows": 2}, {**SMALL_TILES, "bwd_merge_tiles": True}),  # 3 launches
+    (9, 1, (4, 6), 2, {"block_rows": 2}, {**SMALL_TILES, "bwd_splits": 2}),  # channel split, uneven widths, splits
+    (40, 5, (4, 6), 1, {"global_heads": 2}, {"bwd_tile_warps": 8}),  # tiles in two launches (warps differ)
 ]
 
 
@@ -132,6 +136,35 @@ CASES = [
 @pytest.mark.parametrize("dim,heads,hw,batch,kw,tuning", CASES)
 def test_matches_reference(interp, dim, heads, hw, batch, kw, tuning):
     check(dim, heads, hw, batch, tuning=tuning, **kw)
+
+
+@needs_triton
+def test_own_strides_for_each_input(interp):
+    """q, k, v, do each with its own layout (the plan's key holds all their strides)."""
+    ref = reference(16, 2, block_rows=2)
+    hw, B, h, d = (4, 6), 2, 2, 8
+    N = hw[0] * hw[1]
+    _, _, lepe = fused_inputs(ref, hw, B, torch.float32, "cpu")
+    q = torch.randn(B, h, N, d) * 2
+    k = (torch.randn(B, N, h, d) * 2).permute(0, 2, 1, 3)
+    v = (torch.randn(h, B, N, 2 * d) * 2)[..., :d].transpose(0, 1)
+    do = torch.randn(B, h, N, d)
+    spec, tuning, stats = ref.spec(hw), Tuning.from_dict(SMALL_TILES), {}
+    buf, _ = ef.fast_forward(spec, lepe, q, k, v, hw, tuning, stats)
+    grads = eb.fused_backward(spec, lepe, q, k, v, buf.permute(0, 2, 1, 3), stats, do, hw, tuning)
+    out_ref, want = reference_grads(ref, (q, k, v), do, hw)
+    assert rel_err(buf.permute(0, 2, 1, 3), out_ref) < 1e-5
+    for name in NAMES:
+        assert rel_err(getattr(grads, name), want[name]) < 1e-5, name
+
+
+@needs_triton
+def test_backward_plan_launches(interp):
+    """5 launches merged (reduce, merge, 3 tile roles), 3 with the tiles merged too; one per role without merging."""
+    ref = reference(16, 2, block_rows=2)
+    for opts, n in (({}, 5), ({"bwd_merge_tiles": True}, 3), ({"merge_launches": False, "bwd_merge_tiles": True}, 8)):
+        plan = eb.case_plan(ref.spec((4, 10)), 2, (4, 10), torch.float32, Tuning(**opts), sms=2)
+        assert len(plan) == n and sum(len(p.roles) for p in plan) == 8
 
 
 @needs_triton
@@ -168,7 +201,7 @@ def test_saved_statistics_and_unchanged_forward(interp):
     saved = {}
     buf, _ = ef.fast_forward(ref.spec(hw), lepe, q, k, v, hw, Tuning(), saved)
     assert torch.equal(buf, ef.fast_forward(ref.spec(hw), lepe, q, k, v, hw)[0])
-    saved = types.SimpleNamespace(**saved)
+    saved = types.SimpleNamespace(**ef.saved_views(ref.spec(hw), q.shape, torch.float32, saved["saved"]))
     log2e = 1.4426950408889634
     kstats = torch.logsumexp(k[:, :1].double(), dim=2).reshape(2, 8) * log2e  # (B*G, d)
     assert rel_err(saved.kstats[:, :8], kstats) < 1e-6
@@ -208,9 +241,10 @@ def test_the_module_trains_through_the_fused_backward(interp):
 @needs_triton
 @pytest.mark.parametrize("dtype", ["fp16", "bf16"])
 def test_kernels_compile_for_hopper_without_spills(dtype):
-    """Every launch of the fused backward, and of the forward that keeps its
-    statistics, for ViT-B/16 cases and one head of width 128, compiles for sm_90
-    with no spills (in a fresh process: see test_elfatt_fast.py)."""
+    """Every launch of the fused backward (merged and one per role), and of the forward
+    that keeps its statistics, for ViT-B/16 cases and heads of width 128, compiles for
+    sm_90 with no spills, wgmma in every launch holding a tensor-core role (in a fresh
+    process: see test_elfatt_fast.py)."""
     import sm90
 
     built = sm90.run_isolated("backward", dtype)
@@ -218,11 +252,12 @@ def test_kernels_compile_for_hopper_without_spills(dtype):
         if "ptxas" in built.lower() or "cuobjdump" in built.lower():
             pytest.skip(f"cannot compile for sm_90 here: {built}")
         pytest.fail(built)
-    assert {b["kernel"] for b in built} >= {"global_bwd_partial_kernel", "global_bwd_combine_kernel",
-                                            "global_bwd_tile_kernel", "lepe_wgrad_combine_kernel",
-                                            "stripe_bwd_pre_kernel", "stripe_bwd_dkdv_kernel", "stripe_bwd_dq_kernel"}
+    roles = {r for b in built for r in b["roles"]}
+    assert roles >= {"global_partial", "stripe_pre", "dctx_merge", "lepe_merge_global", "lepe_merge_local",
+                     "global_tile", "stripe_dkdv", "stripe_dq"}
+    assert {b["kernel"] for b in built} >= {"bwd_reduce_kernel", "bwd_merge_kernel", "bwd_tiles_kernel"}
     for b in built:
-        assert b["wgmma"] == ("DOT_PREC" in b["consts"]), b
+        assert b["wgmma"] == bool(set(b["roles"]) & sm90.DOT_ROLES), b
     if any(b["stack"] is None for b in built):
         pytest.skip("triton's cuobjdump is missing here: register spills not checked (wgmma was)")
     for b in built:

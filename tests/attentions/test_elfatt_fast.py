@@ -145,10 +145,11 @@ def test_backward_matches_reference(interp):
 @needs_triton
 @pytest.mark.parametrize("dtype", ["fp16", "bf16"])
 def test_kernels_compile_for_hopper(dtype, monkeypatch):
-    """Every launch of ViT-B/16 cases at the default and the tuning variants
-    compiles for sm_90 with no spills, tensor-core kernels to wgmma. In a fresh
-    process, so TRITON_INTERPRET in this one (set here on purpose, as a whole
-    interpreted test run would) cannot change the outcome."""
+    """Every launch of ViT-B/16 cases (224 px batch 256; 1024, 2048, 3072 px batch 1)
+    at the default and the tuning variants compiles for sm_90 with no spills, every
+    launch holding a tensor-core role to wgmma. In a fresh process, so
+    TRITON_INTERPRET in this one (set here on purpose, as a whole interpreted test
+    run would) cannot change the outcome."""
     import sm90
 
     monkeypatch.setenv("TRITON_INTERPRET", "1")
@@ -159,8 +160,9 @@ def test_kernels_compile_for_hopper(dtype, monkeypatch):
         pytest.fail(built)
     assert {b["kernel"] for b in built} == {"global_context_kernel", "global_combine_kernel", "global_out_kernel",
                                              "stripe_attn_kernel", "stripe_epilogue_kernel"}
+    assert any(b["roles"] == ["global_combine", "stripe_attn"] for b in built)  # the combine inside the stripes
     for b in built:
-        assert b["wgmma"] == (b["kernel"] not in ("global_combine_kernel", "stripe_epilogue_kernel")), b
+        assert b["wgmma"] == bool(set(b["roles"]) & sm90.DOT_ROLES), b
     if any(b["stack"] is None for b in built):
         pytest.skip("triton's cuobjdump is missing here: register spills not checked (wgmma was)")
     for b in built:
@@ -185,6 +187,228 @@ def test_amp_backward_matches_reference(interp):
     for (name, p), pr in zip(fast.named_parameters(), ref.parameters()):
         assert p.grad is not None and p.grad.dtype == torch.float32, name
         assert rel_err(p.grad, pr.grad) < 2e-2, name
+
+
+@needs_triton
+def test_q_k_v_with_different_strides(interp):
+    """q contiguous, k a permuted (B, N, h, d) view, v a slice of a wider tensor: each
+    is read through its own strides (the plan's key holds all three)."""
+    fast, ref = pair(32, 4, block_rows=2, opts={"global_splits": 2})
+    B, h, N, d = 2, 4, 24, 8
+    q = torch.randn(B, h, N, d)
+    k = torch.randn(B, N, h, d).permute(0, 2, 1, 3)
+    v = torch.randn(B, h, N, 3 * d)[..., d: 2 * d]
+    out = fast.attend(q, k, v, (6, 4))
+    assert rel_err(out, ref.attend(q.double(), k.double(), v.double(), (6, 4))) < 1e-5
+
+
+@needs_triton
+@pytest.mark.parametrize("opts", [{"merge_launches": False, "global_splits": 3, "ctx_bn": 16},
+                                  {"global_splits": 3, "ctx_bn": 16, "stripe_bm": 16, "stripe_bn": 16},
+                                  {"merge_launches": False, "local": "sdpa", "global_splits": 2, "ctx_bn": 16}])
+def test_launch_groupings(interp, opts):
+    """The combine inside the stripe launch (merged) or on its own, several splits and tiles."""
+    fast = check_layer(32, 4, (6, 8), 2, block_rows=2, opts=opts)
+    info = fast.run_info()
+    merged = opts.get("merge_launches", True) and opts.get("local", "triton") == "triton"
+    assert info["launches"] == ("3" if merged else "4"), info
+
+
+@needs_triton
+def test_plans_are_reused(interp, monkeypatch):
+    """A case's plan is built once; the next call of the same case only launches."""
+    from attentions.kernels import forward_plan
+
+    fast, _ = pair(32, 4, block_rows=2)
+    built = []
+    real = forward_plan.build
+    monkeypatch.setattr(forward_plan, "build", lambda *a: built.append(a) or real(*a))
+    monkeypatch.setattr(elfatt_fast, "PLANS", type(elfatt_fast.PLANS)())
+    x = torch.randn(1, 24, 32)
+    with torch.no_grad():
+        fast(x, (6, 4)), fast(x, (6, 4)), fast(x.repeat(2, 1, 1), (6, 4))
+    assert len(built) == 2  # batch 1 once, batch 2 once
+
+
+@needs_triton
+def test_cuda_graph_off_cuda_runs_eagerly_with_the_reason(interp):
+    fast = check_layer(32, 4, (6, 5), 1, block_rows=3, opts={"cuda_graph": True})
+    assert fast.run_info()["graph"] == "cuda_graph: needs CUDA, ran eagerly"
+
+
+class FakeGraph:
+    def __init__(self, log):
+        self.log = log
+
+    def replay(self):
+        self.log.append("replay")
+
+
+class FakeApi:
+    """GraphReplay's view of torch.cuda, recording what it is asked."""
+
+    def __init__(self, fail=False, busy=""):
+        self.log, self.fail, self.busy = [], fail, busy
+
+    def unavailable(self):
+        return self.busy
+
+    def capture(self, run):
+        self.log.append("capture")
+        if self.fail:
+            raise RuntimeError("operation not permitted when stream is capturing")
+        return FakeGraph(self.log), run()
+
+
+def test_graph_replay_keys_captures_and_gives_up():
+    from attentions.kernels.graphs import GraphReplay
+
+    api = FakeApi()
+    g = GraphReplay(api, capacity=2, max_captures=3)
+    runs = []
+
+    def run(tag):
+        return lambda: runs.append(tag) or f"out{tag}"
+    assert g((1,), run(1)) == ("out1", "captured")
+    assert g((1,), run(1)) == ("out1", "replay")  # no eager run: the graph's output
+    assert runs == [1] and api.log == ["capture", "replay", "replay"]
+    assert g((2,), run(2))[1] == "captured" and g((3,), run(3))[1] == "captured"
+    assert list(g.graphs) == [(2,), (3,)]  # capacity 2: the least recent went
+    out, how = g((4,), run(4))
+    assert out == "out4" and "3 captures, the inputs move between calls" in how
+    assert g((2,), run(2))[1] == how  # off for good, eager from now on
+
+
+def test_graph_replay_falls_back_when_capture_is_impossible():
+    from attentions.kernels.graphs import GraphReplay
+
+    failing = GraphReplay(FakeApi(fail=True))
+    out, how = failing((1,), lambda: "eager")
+    assert out == "eager" and how.startswith("cuda_graph off: capture failed: RuntimeError")
+    busy = GraphReplay(FakeApi(busy="cuda_graph: ran inside the caller's capture"))
+    assert busy((1,), lambda: "eager") == ("eager", "cuda_graph: ran inside the caller's capture")
+    assert busy.off == ""  # only this call: a later call outside the capture may capture
+
+
+def test_torch_graphs_warms_up_on_the_capture_stream(monkeypatch):
+    """TorchGraphs with a fake torch.cuda: one eager warm-up on the side stream, then the
+    capture on that stream; the graph and the captured output come back."""
+    from contextlib import contextmanager
+
+    from attentions.kernels import graphs
+
+    log = []
+
+    class Stream:
+        def __init__(self, name="side"):
+            self.name = name
+
+        def wait_stream(self, other):
+            log.append(f"{self.name} waits {other.name}")
+
+    @contextmanager
+    def stream(s):
+        log.append(f"on {s.name}")
+        yield
+
+    @contextmanager
+    def graph(g, stream):
+        log.append(f"capture on {stream.name}")
+        yield
+
+    fake = types.SimpleNamespace(Stream=Stream, stream=stream, graph=graph, current_stream=lambda: Stream("main"),
+                                 CUDAGraph=lambda: "G", is_current_stream_capturing=lambda: False)
+    monkeypatch.setattr(graphs.torch, "cuda", fake)
+    api = graphs.TorchGraphs()
+    outs = iter(["warm", "captured"])
+    g, out = api.capture(lambda: log.append("run") or next(outs))
+    assert (g, out) == ("G", "captured")
+    assert log == ["side waits main", "on side", "run", "main waits side", "capture on side", "run"]
+    assert api.unavailable() == ""
+
+
+def test_forward_plan_replays_by_address(interp):
+    """On a (faked) CUDA plan: the graph key is the call's input and weight addresses."""
+    from attentions.kernels.graphs import GraphReplay
+
+    fast, ref = pair(32, 4, block_rows=2, opts={"cuda_graph": True})
+    q, k, v = (torch.randn(1, 4, 24, 8) for _ in range(3))
+    with torch.no_grad():  # inference: the graphs are for it
+        fast.attend(q, k, v, (6, 4))  # builds the plan (eagerly: not CUDA)
+        plan = next(reversed(elfatt_fast.PLANS.values()))
+        api = FakeApi()
+        plan.graphs = GraphReplay(api)
+        o1 = fast.attend(q, k, v, (6, 4))
+        o2 = fast.attend(q, k, v, (6, 4))
+        assert fast.run_info()["graph"] == "replay" and api.log == ["capture", "replay", "replay"]
+        assert o1.data_ptr() == o2.data_ptr()  # the graph's static output
+        assert rel_err(o2, ref.attend(q.double(), k.double(), v.double(), (6, 4))) < 1e-5
+        fast.attend(q.clone(), k, v, (6, 4))
+        assert api.log.count("capture") == 2  # new addresses, new graph
+
+
+@needs_triton
+@pytest.mark.parametrize("merge", [{"bwd_merge_tiles": True}, {}, {"merge_launches": False}])
+def test_direct_launches_pass_what_triton_passes(monkeypatch, merge):
+    """The fast launch path hands triton's launcher exactly what ``JITFunction.run`` hands
+    it (grid, function, metadata, every argument; tensors as their addresses), for every
+    launch of a forward and a fused backward. On the CPU: triton's driver is a fake sm_90
+    one whose launcher records its calls; the kernels compile for sm_90 (no GPU needed)."""
+    from triton.runtime import driver
+
+    from attentions.kernels import elfatt_backward, launch
+    from benchmarks.host_overhead import FakeDriver, FakeLauncher
+
+    calls, seen = [], []
+    monkeypatch.setattr(FakeLauncher, "__call__", lambda self, *a: calls.append(a))
+    real_call = launch.Launcher.__call__
+    monkeypatch.setattr(launch.Launcher, "__call__", lambda self, slots: seen.append((self, slots)) or
+                        real_call(self, slots))
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.setattr(elfatt_fast, "_reasons", lambda *a: ())
+    previous = driver._active
+    driver.set_active(FakeDriver())
+    try:
+        fast, _ = pair(24, 3, dtype=torch.float16, block_rows=2, opts={"global_splits": 2, "ctx_bn": 16, **merge})
+        x = torch.randn(2, 40, 24, dtype=torch.float16, requires_grad=True)
+        fast(x, (4, 10)).float().sum().backward()  # first calls: through triton's JIT
+        assert fast.run_info()["fast_launch"] == "on"
+        first, compared = list(calls), 0
+        for launcher, slots in seen:
+            jit_calls, first = first[: len(launcher.launches)], first[len(launcher.launches):]
+            calls.clear()
+            kept = next(iter(launcher.compiled.values()))
+            addrs = [0 if t is None else t.data_ptr() for t in slots]
+            for p, c in zip(launcher.launches, kept):
+                p.fast(c, addrs, 0, None)
+            for j, f in zip(jit_calls, calls):
+                assert f[:3] == j[:3] and f[4] is j[4] and f[5] == j[5] and len(f) == len(j)
+                assert [a.data_ptr() if isinstance(a, torch.Tensor) else a for a in j[9:]] == list(f[9:])
+                compared += 1
+        assert len(seen) == 2 and compared == sum(len(launcher.launches) for launcher, _ in seen) >= 6 and elfatt_backward.PLANS
+    finally:
+        driver._active = previous
+
+
+def test_launch_plans_fill_a_wave_at_batch_one():
+    """Every launch of the forward and the fused backward of ViT-B/16 attention at 1024,
+    2048 and 3072 px, batch 1, has at least one program per SM of a 132-SM GPU."""
+    from benchmarks import launch_plan
+
+    rows = launch_plan.rows(launch_plan.BATCH1)
+    assert {r["direction"] for r in rows} == {"fwd", "fwd_keep", "bwd"}
+    short = [(r["res"], r["direction"], r["launch"], r["programs"]) for r in rows if r["programs"] < 132]
+    assert short == []
+    assert max(int(r["programs"]) for r in rows) > 132
+
+
+def test_boolean_tuning_knobs_are_checked():
+    from attentions.kernels import Tuning
+
+    assert Tuning.from_dict({"cuda_graph": True, "merge_launches": False}).as_dict() == {
+        "merge_launches": False, "cuda_graph": True}
+    with pytest.raises(ValueError, match="tuning.fast_launch=1; valid: true, false"):
+        Tuning.from_dict({"fast_launch": 1})
 
 
 def test_fast_on_cpu_without_interpreter_is_unsupported(monkeypatch):
