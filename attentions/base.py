@@ -17,7 +17,7 @@ import torch.nn as nn
 from .errors import Reason
 from .functional import apply_lepe, divisors, dwconv_flops, exact_core_flops, lepe_conv
 
-PARTS = ("attend", "layer")  # what a count or estimate covers: the core (+ LePE), or qkv + that + proj
+PARTS = ("attend", "full")  # what a count or estimate covers: the core (+ LePE), or qkv + that + proj
 
 
 def check_heads(dim: int, num_heads: int) -> int:
@@ -105,13 +105,13 @@ class Attention(nn.Module):
         """Elements of the largest intermediates ``core`` materialises beyond q, k, v, out."""
         return 0
 
-    def memory_estimate(self, batch: int, hw: tuple[int, int], itemsize: int, part: str = "layer") -> int:
+    def memory_estimate(self, batch: int, hw: tuple[int, int], itemsize: int, part: str = "full") -> int:
         """Rough lower bound on the bytes one call of ``attend`` (``part="attend"``) or of
-        the whole layer needs: inputs, q/k/v/out and the core's materialised
+        the full layer (``"full"``) needs: inputs, q/k/v/out and the core's materialised
         intermediates. Weights are not counted."""
         n = hw[0] * hw[1]
         elements = 4 * batch * n * self.dim + self.core_transient_elements(batch, hw)
-        if _part(part) == "layer":
+        if _part(part) == "full":
             elements += 5 * batch * n * self.dim  # x, qkv (3C), proj output
         return elements * itemsize
 
@@ -124,20 +124,20 @@ class Attention(nn.Module):
         fused kernels keep no score matrix for the backward. 0 when none."""
         return 0
 
-    def backward_flops(self, batch: int, hw: tuple[int, int], part: str = "layer") -> int:
+    def backward_flops(self, batch: int, hw: tuple[int, int], part: str = "full") -> int:
         """Analytic FLOPs of the backward pass, by one convention: every matmul and
         convolution of the forward costs two in the backward (the gradients of
         both operands), plus any recomputation (``score_recompute_flops``)."""
         return 2 * self.flops(batch, hw, part) + self.score_recompute_flops(batch, hw)
 
-    def flops(self, batch: int, hw: tuple[int, int], part: str = "layer") -> int:
+    def flops(self, batch: int, hw: tuple[int, int], part: str = "full") -> int:
         """Analytic FLOPs of ``attend`` (``part="attend"``: the core and any LePE) or of
-        ``forward`` (``"layer"``: qkv and proj too)."""
+        ``forward`` (``"full"``: qkv and proj too)."""
         n = hw[0] * hw[1]
         total = self.core_flops(batch, hw)
         if self.lepe is not None:
             total += dwconv_flops(batch, self.dim, hw)
-        if _part(part) == "layer":
+        if _part(part) == "full":
             total += 2 * batch * n * self.dim * 3 * self.dim  # qkv
             total += 2 * batch * n * self.dim * self.dim  # proj
         return total

@@ -21,7 +21,8 @@ from .functional import (
     apply_lepe, divisors, dwconv_flops, efficient_attention, lepe_conv, windowed_attention, windowed_lepe,
 )
 from .kernels import (
-    ElfattSpec, LepeWeights, Tuning, fast_forward, fast_reasons, fused_backward, taps_first, triton_missing,
+    ElfattSpec, LepeWeights, Tuning, fast_forward, fast_reasons, fused_backward, interpreting, taps_first,
+    triton_missing,
 )
 from .registry import register_attention
 
@@ -198,7 +199,9 @@ class ElfattAttention(Attention):
             return [Reason("invalid", str(e))]
         if device is None or self.impl != "fast":
             return []
-        return [Reason("unsupported", r) for r in self._fast_reasons(device, dtype)]
+        missing = triton_missing() if torch.device(device).type == "cuda" or interpreting() else ""
+        return ([Reason("unavailable", missing)] if missing else []) + [
+            Reason("unsupported", r) for r in self._fast_reasons(device, dtype)]
 
     @classmethod
     def whole_grid_options(cls, hw):
@@ -210,13 +213,17 @@ class ElfattAttention(Attention):
 
     def _use_fast(self, q: torch.Tensor) -> bool:
         if self.impl == "auto":  # fast only where it can run, and is meant to win; reference otherwise
-            return (q.is_cuda and q.dtype in AUTO_FAST_DTYPES and not triton_missing()
-                    and not self._fast_reasons(q.device, q.dtype))
+            if not (q.is_cuda and q.dtype in AUTO_FAST_DTYPES):
+                return False
+            why = triton_missing() or "; ".join(self._fast_reasons(q.device, q.dtype))
+            self._fallback = why  # said in run_info when auto keeps the reference on a GPU
+            return not why
         return self.impl == "fast"
 
     def run_info(self):
         if self._ran != "fast":
-            return {"impl_ran": self._ran}
+            fallback = getattr(self, "_fallback", "")
+            return {"impl_ran": self._ran, **({"auto_fallback": fallback} if fallback else {})}
         local = "triton" if self.tuning.local == "triton" else f"triton+sdpa:{self.tuning.sdpa_impl}"
         return {**self.fast_info, "impl_ran": local}
 

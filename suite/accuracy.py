@@ -78,7 +78,7 @@ def accuracy(module: nn.Module, out: torch.Tensor, inputs: tuple[torch.Tensor, .
              own: bool = True) -> Accuracy:
     """``out`` is the module's output on ``inputs`` (batch item 0 is compared): of
     ``attend`` on (q, k, v) with ``part="attend"``, of the whole layer on (x,) with
-    ``"layer"``. ``own=False`` skips the module's own float64 copy (rel_err_vs_fp64 stays NaN)."""
+    ``"full"``. ``own=False`` skips the module's own float64 copy (rel_err_vs_fp64 stays NaN)."""
     first = tuple(t[:1] for t in inputs)
     out0 = out[:1]
     with torch.no_grad():

@@ -16,6 +16,7 @@ their ``invalid`` rows.
 from __future__ import annotations
 
 import itertools
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -87,6 +88,8 @@ def explain(e: Exception, overrides: list[str]) -> str:
     if "not in struct" in str(cause) or "Key '" in str(cause) and "not in" in str(cause):
         if key == "variant":
             return "variant= was removed: a preset is an attention option now, e.g. attention=sdpa_flash"
+        if key.startswith("attention."):
+            return unknown_option(key, overrides)
         from .docs import all_settings
 
         return unknown_key_line(key or str(cause), [k for k, _, _ in all_settings()])
@@ -98,6 +101,23 @@ def explain(e: Exception, overrides: list[str]) -> str:
     if "interpolation" in first.lower() or "resolver" in first.lower():
         return f"{key or 'a setting'}: the value cannot be resolved ({' '.join(first.split())[:160]})"
     return f"{key}={value} is not valid: {' '.join(first.split())[:200]}" if key else " ".join(first.split())[:300]
+
+
+def unknown_option(key: str, overrides: list[str]) -> str:
+    """One line for ``attention.<option>`` that the chosen attention does not take: its options."""
+    from hydra import compose
+
+    import attentions
+
+    rest = [o for o in overrides if o.lstrip("+~").split("=", 1)[0] != key]
+    try:
+        name = str(compose(config_name="config", overrides=rest).attention.name)
+        attentions.check_options(name, **{key.split(".", 1)[1]: None})
+    except ValueError as e:
+        return str(e)
+    except Exception:  # noqa: BLE001 - the rest cannot compose either: say what is known
+        pass
+    return unknown_key_line(key)
 
 
 def usable_folder(path: str | Path) -> str | None:
@@ -112,8 +132,11 @@ def usable_folder(path: str | Path) -> str | None:
             probe = probe.parent
         if not probe.is_dir():
             return f"{path}: {probe} exists and is not a folder"
-        with tempfile.TemporaryDirectory(dir=probe, prefix=".write-test-"):
-            pass
+        with tempfile.TemporaryDirectory(dir=probe, prefix=".write-test-") as tmp:
+            with open(Path(tmp) / "probe", "wb") as f:  # a full disk refuses data, not always a folder
+                f.write(b"\0" * 65536)
+                f.flush()
+                os.fsync(f.fileno())
     except OSError as e:
         return f"{path} cannot be created or written ({e.strerror or e})"
     return None

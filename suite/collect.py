@@ -44,11 +44,6 @@ DERIVED = ("speedup_vs_vanilla", "speedup_vs_flash", "baseline_vanilla", "baseli
            "peak_tflops", "peak_gbps", "arith_intensity", "roofline_tflops", "frac_of_peak", "frac_of_roofline",
            "job_dir")
 UNFINISHED = ("cancelled", "timeout", "preempted", "interrupted")
-# The paper's names for presets of this suite (its baselines, measured here under these names).
-PAPER_NAMES = {"vanilla_lepe": "GLOBAL (vanilla attention + LePE, the paper's VaniATT)",
-               "elfatt_local": "LOCAL (every head in stripes, with LePE)",
-               "elfatt_global": "every head global (efficient attention + LePE)",
-               "sdpa_flash": "FlashAttention-2 (torch SDPA's flash backend)"}
 # The first preset of each list that the table holds is the baseline.
 BASELINES = {
     "vanilla": ["vanilla_lepe", "vanilla"],  # the paper's VaniATT / GLOBAL is vanilla + LePE
@@ -123,7 +118,8 @@ def dedupe(df: pd.DataFrame, said: list[str] | None = None) -> pd.DataFrame:
     # a job that never finished (cancelled, timed out, preempted, interrupted) is superseded by an ok row
     # of its case measured anywhere: its row may not know the device name it would have had
     done = {case_key(r) for r in kept[kept["_ok"] == 1].to_dict("records")}
-    kept = kept[~(kept["status"].isin(UNFINISHED) & [case_key(r) in done for r in kept.to_dict("records")])]
+    superseded = pd.Series([case_key(r) in done for r in kept.to_dict("records")], index=kept.index)
+    kept = kept[~(kept["status"].isin(UNFINISHED) & superseded)]
     if said is not None and len(kept) < len(df):
         by_ok = int(((order["_ok"] == 0) & order.duplicated("_key") & order["_key"].isin(
             kept.loc[kept["_ok"] == 1, "_key"])).sum())
@@ -258,8 +254,8 @@ def _parse_baselines(items: list[str]) -> dict[str, list[str]]:
     out = {k: list(v) for k, v in BASELINES.items()}
     for item in items:
         short, sep, variant = item.partition("=")
-        if not sep or not re.fullmatch(r"\w+", short):
-            raise SystemExit(f"--baseline {item!r}: expected NAME=PRESET, e.g. vanilla=vanilla_lepe")
+        if not sep or not re.fullmatch(r"\w+", short) or not variant:
+            raise ValueError(f"--baseline {item!r} is not valid; valid: NAME=PRESET, e.g. vanilla=vanilla_lepe")
         out[short] = [variant]
     return out
 

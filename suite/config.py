@@ -194,7 +194,7 @@ def load(cfg: DictConfig) -> RunConfig:
         raise BadInput(explain_config_error(e, "")) from None
     for key in ("attention", "workload"):
         if not isinstance(container.get(key), dict) or not container[key].get("name"):
-            raise BadInput(f"{key} is not set; choose one, e.g. {key}={'elfatt' if key == 'attention' else 'layer'}")
+            raise BadInput(f"{key} is not set; choose one (python run.py --help lists conf/{key}/)")
     rest = {k: v for k, v in container.items() if k not in ("attention", "workload", "model", "proxy")}
     if isinstance(rest.get("resume"), (bool, str)):  # resume=true reaches a str field as "True"
         rest["resume"] = str(rest["resume"]).lower()

@@ -145,6 +145,42 @@ def nvml_ids(device: torch.device) -> list[str]:
     return ids
 
 
+FAKE_NVML = "ELFATT_SUITE_FAKE_NVML"  # "1": a fake NVML (python -m suite.gpu_check --dry-run)
+
+
+class FakeNvml:
+    """NVML's calls as the suite makes them, with made-up readings that say they are fake (clock
+    1980 MHz, 40 C, the power cap bit, 300 W of energy over time): for dry runs on a CPU only."""
+
+    NVML_CLOCK_SM, NVML_CLOCK_MEM, NVML_TEMPERATURE_GPU = 0, 1, 0
+
+    def __init__(self):
+        import time
+
+        self._t0, self._time = time.perf_counter(), time.perf_counter
+
+    def nvmlDeviceGetClockInfo(self, handle, which):  # noqa: N802 - NVML's names
+        return 1980 if which == self.NVML_CLOCK_SM else 3201
+
+    def nvmlDeviceGetTemperature(self, handle, which):  # noqa: N802
+        return 40
+
+    def nvmlDeviceGetEnforcedPowerLimit(self, handle):  # noqa: N802
+        return 700_000
+
+    def nvmlDeviceGetCurrentClocksEventReasons(self, handle):  # noqa: N802
+        return 0x4
+
+    def nvmlDeviceGetComputeRunningProcesses(self, handle):  # noqa: N802
+        return []
+
+    def nvmlDeviceGetTotalEnergyConsumption(self, handle):  # noqa: N802
+        return (self._time() - self._t0) * 300_000.0  # mJ at 300 W
+
+    def nvmlSystemGetDriverVersion(self):  # noqa: N802
+        return "fake"
+
+
 class Nvml:
     """GPU clocks, power, energy, throttle reasons and other processes through
     NVML, when there is a GPU and pynvml. The device is found by UUID (or PCI
@@ -156,6 +192,9 @@ class Nvml:
 
     def __init__(self, device: torch.device):
         self.handle = None
+        if os.environ.get(FAKE_NVML) == "1":  # gpu_check --dry-run: the plumbing of the GPU columns on a CPU
+            self._nv, self.handle = FakeNvml(), "fake"
+            return
         if device.type != "cuda":
             return
         try:

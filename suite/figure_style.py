@@ -17,11 +17,11 @@ from .axes import (  # noqa: F401  (re-exported: the notebooks and figures impor
     RES_LABEL, fit_tick_labels, numeric_resolution, plain_label, plain_log_x, plain_log_y, resolution_axis,
     resolution_side, tick_names, times_label,
 )
+from .paper import BANDS
 from .records import flagged_mask
 
 # The paper's GPU claims at high resolution, drawn on speedup figures: (low, high, legend text, colour).
-PAPER_BANDS = {"vanilla": (4.0, 7.0, "paper's claim: 4-7x over vanilla attention (GLOBAL)", "gold"),
-               "flash": (2.0, 3.0, "paper's claim: 2-3x over vanilla with FlashAttention-2", "lightskyblue")}
+PAPER_BANDS = BANDS  # the paper's speed claims (suite/paper.py), shaded on speedup figures
 DIRECTIONS = {"fwd": "forward", "bwd": "backward", "fwd_bwd": "forward+backward"}
 RING = dict(marker="o", ls="none", ms=13, mfc="none", mec="red", mew=1.6)
 RING_GID = "flagged-ring"

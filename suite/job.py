@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -42,8 +43,7 @@ def workload_of(cfg: RunConfig) -> Workload:
 def type_workload(cfg: RunConfig) -> Workload:
     """Type the workload node and the groups the workload reads with its schemas (BadInput on a bad value)."""
     if cfg.task is not None:
-        raise BadInput(f"task={cfg.task} was removed; write workload={cfg.task}"
-                       if cfg.task == "train_proxy" else f"task={cfg.task!r} was removed; choose a workload instead")
+        raise BadInput(f"task={cfg.task} was removed; choose a workload instead (workload={cfg.task}, if it is one)")
     wl = workload_of(cfg)
     if isinstance(cfg.workload, dict):
         cfg.workload = typed(cfg.workload, wl.Settings, "workload.")
@@ -154,10 +154,14 @@ def measure_case(wl: Workload, case: Case, job: Job, device: torch.device, preci
         values["run_info"] = json.dumps(info, sort_keys=True) if info else ""
         values["impl_ran"] = impl_ran(info, values.get("sdpa_kernels", ""))
         if wl.timed and job.cfg.flops_count:  # last: a counter that fails to trace can spoil torch.compile's caches
-            progress.say("counting FLOPs (FlopCounterMode)")
-            counted, note = try_count_flops(built.fn)
-            values.update(flops_counted=counted, **wl.counted_columns(counted, job))
-            notes.append(note)
+            if "triton" in values["impl_ran"]:  # the counter sees torch ops only: a partial count would mislead
+                notes.append("flops_counted not countable: FlopCounterMode cannot see Triton kernels "
+                             "(flops_analytic counts them)")
+            else:
+                progress.say("counting FLOPs (FlopCounterMode)")
+                counted, note = try_count_flops(built.fn)
+                values.update(flops_counted=counted, **wl.counted_columns(counted, job))
+                notes.append(note)
     except BaseException as e:  # noqa: BLE001 - a failed case is a row, not a lost sweep
         if isinstance(e, KeyboardInterrupt):
             raise
@@ -318,7 +322,13 @@ def main(cfg: DictConfig) -> list[Record]:
         _write_or_stop(records, job)
     progress.clear()
     if not multirun:  # in a sweep the callback prints one line per job under its progress display
-        print_summary(records, job)
+        try:
+            print_summary(records, job)
+            sys.stdout.flush()
+        except OSError as e:  # stdout full or closed: the rows are written; say so once, on stderr
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+            _fail(f"error: the summary could not be printed ({e.strerror or e}); the rows are written in "
+                  f"{job.run_dir}", 1)
     return records
 
 

@@ -15,10 +15,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from .collect import BASELINES, PAPER_NAMES, add_variant, derive
+from .collect import BASELINES, add_variant, derive
 from .figure_style import resolution_side
 from .figures import NOT_OK, Figures, speedup_flagged
+from .paper import PAPER_NAMES
 from .records import flagged_mask
+from .targets import section as targets_section
 from .tables import REPORT_NEEDS, BadInput, checked, out_folder, read_rows
 
 DERIVED = ("speedup_vs_vanilla", "speedup_vs_flash", "baseline_vanilla", "baseline_flash", "peak_tflops",
@@ -108,7 +110,7 @@ def write_report(table: str | Path | pd.DataFrame, out: str | Path | None = None
     lines = header_section(df, source, problems) + ["## Figures", ""]
     for png, caption in figs.written:
         lines += [f"![{png.stem}]({png.name})", "", f"*{caption}* (SVG: `{png.with_suffix('.svg').name}`)", ""]
-    lines += tables_section(df) + flagged_section(df) + not_measured_section(df)
+    lines += targets_section(df) + tables_section(df) + flagged_section(df) + not_measured_section(df)
     path = out / "report.md"
     path.write_text("\n".join(lines))
     return path

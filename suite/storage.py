@@ -231,7 +231,10 @@ def read_tree(root: str | Path, problems: list[str] | None = None) -> pd.DataFra
     problems = problems if problems is not None else []
     frames = []
     for folder in job_folders(Path(root)):
+        before = len(problems)
         df = read_folder(folder, problems)
         if not df.empty:
             frames.append(df.assign(job_dir=str(folder)))
+        elif len(problems) == before:
+            problems.append(f"{folder}: its table holds no rows")
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

@@ -82,16 +82,38 @@ def _reasons(dev: str, dtype: torch.dtype, widths: tuple[int, ...], interp: bool
     return tuple(reasons)
 
 
-def triton_missing() -> str:
-    """Why triton cannot be imported ('' when it is there); looks, imports nothing."""
-    import importlib.util
+TRITON_NEEDED = (3, 4)  # triton.knobs and triton.language.standard's reductions, which the kernels use
 
-    if sys.modules.get("triton") is not None:
-        return ""
+
+def triton_missing() -> str:
+    """Why the Triton kernels cannot run here ('' when they can): triton missing or older than
+    3.4, or (compiling for a GPU) no C compiler for Triton's launcher. Looks; imports nothing."""
+    return _triton_problem(interpreting())
+
+
+@functools.lru_cache(maxsize=None)
+def _triton_problem(interp: bool) -> str:
+    import importlib.metadata
+    import importlib.util
+    import shutil
+
+    if sys.modules.get("triton") is None:
+        try:
+            if importlib.util.find_spec("triton") is None:
+                return "triton is not installed"
+        except (ImportError, ValueError) as e:  # a broken or shadowed package
+            return f"triton cannot be found: {e}"
     try:
-        return "" if importlib.util.find_spec("triton") is not None else "triton is not installed"
-    except (ImportError, ValueError) as e:  # a broken or shadowed package
-        return f"triton cannot be found: {e}"
+        version = importlib.metadata.version("triton")
+        found = tuple(int(p) for p in version.split("+")[0].split(".")[:2])
+    except (importlib.metadata.PackageNotFoundError, ValueError):
+        version, found = "unknown", TRITON_NEEDED
+    if found < TRITON_NEEDED:
+        return (f"triton {version} is installed; the fast path needs {'.'.join(map(str, TRITON_NEEDED))} or newer "
+                f"(triton.knobs, triton.language.standard reductions)")
+    if not interp and not (os.environ.get("CC") or any(shutil.which(c) for c in ("cc", "gcc", "clang"))):
+        return "Triton builds its kernel launcher with a C compiler, and none is here (cc, gcc, clang or $CC)"
+    return ""
 
 
 def _load(module_name: str):

@@ -19,7 +19,7 @@ registered attention runs in each block.
 Analytic FLOPs (``Backbone.flops``), convention of attentions/base.py (a
 matmul is 2*M*N*K, convolutions 2*Cin/groups*k*k*Cout per output pixel,
 elementwise work, LayerNorm, GELU, pooling and the position-embedding resize
-not counted): each attention layer's own ``flops(batch, hw, "layer")`` (qkv,
+not counted): each attention layer's own ``flops(batch, hw, "full")`` (qkv,
 core, LePE, proj) + stem + merging + MLPs + head.
 """
 from __future__ import annotations
@@ -230,7 +230,7 @@ class Backbone(nn.Module):
             if stage.merge is not None:
                 total += stage.merge.flops(batch, sp.grid)
             for blk in stage.blocks:
-                a = blk.attn.flops(batch, sp.grid, "layer")
+                a = blk.attn.flops(batch, sp.grid, "full")
                 attn += a
                 total += a + blk.mlp.flops(batch * n)
         total += 2 * batch * self.head.in_features * self.head.out_features

@@ -71,6 +71,12 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             sd = sd[wrapper]
     if not isinstance(sd, dict):
         raise ValueError(f"{path} holds a {type(sd).__name__}, not a state dict")
+    bad = next(((k, v) for k, v in sd.items() if not isinstance(v, torch.Tensor)), None)
+    if bad is not None:
+        raise ValueError(f"{path}: entry {bad[0]!r} is a {type(bad[1]).__name__}, not a tensor: not a state dict")
+    odd = next((k for k, v in sd.items() if v.is_complex() or v.dtype == torch.bool), None)
+    if odd is not None:
+        raise ValueError(f"{path}: entry {odd!r} is {sd[odd].dtype}; weights are real numbers")
     return sd
 
 
@@ -90,7 +96,7 @@ def load_timm_weights(model: Backbone, state: dict[str, torch.Tensor]) -> Loaded
         if target is None or target not in own:
             out.unused.append(key)
             continue
-        if target == "stem.pos_embed" and tensor.shape[1] == own[target].shape[1] + 1:
+        if target == "stem.pos_embed" and tensor.dim() == 3 and tensor.shape[1] == own[target].shape[1] + 1:
             tensor = tensor[:, 1:]  # the class token's position: this backbone has no class token
         if tuple(tensor.shape) != tuple(own[target].shape):
             out.unused.append(f"{key} (shape {tuple(tensor.shape)}, here {tuple(own[target].shape)})")

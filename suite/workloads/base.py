@@ -38,6 +38,21 @@ class WorkloadSettings:
 
 
 @dataclass(frozen=True)
+class Target:
+    """A promise about one preset (``variant``) on a workload's rows of one precision, judged by
+    ``python -m suite.targets`` and in the report."""
+
+    what: str
+    resolution: str
+    kind: str  # "max_ms": p50 at most; "over": the fastest of ``against`` / this p50 at least; "max_mem_ratio"
+    bound: float
+    direction: str = "fwd"
+    variant: str = "elfatt_fast"
+    against: tuple[str, ...] = ("sdpa_flash", "sdpa_cudnn", "sdpa_efficient")
+    dtype: str = "fp16"
+
+
+@dataclass(frozen=True)
 class Column:
     """One column of a workload's summary table: header, Record field, format."""
 
@@ -92,6 +107,8 @@ class Workload:
     facets: ClassVar[tuple[str, ...]] = ("workload", "direction", "dtype")
     #: (column, "lower" or "higher" is better): what the report's trade-off figure plots against speed
     quality: ClassVar[tuple[tuple[str, str], ...]] = ()
+    #: promises judged on its rows (``suite.targets``)
+    targets: ClassVar[tuple] = ()
     #: what ``extras`` measures, for the note when it fails
     extras_name: ClassVar[str] = "accuracy"
     #: True when the shared timing step times ``Built.fn`` and FLOPs are counted on it.

@@ -12,15 +12,18 @@ from .single import SingleAttention
 @register_workload
 class Layer(SingleAttention):
     name = "layer"
-    part = "layer"
+    part = "full"
 
     def inputs(self, module, batch, hw, device, precision, seed):
         return (seeded_randn((batch, hw[0] * hw[1], module.dim), seed + 1, device, precision.param_dtype),)
 
     def compulsory_bytes(self, row, itemsize):
-        """Read x and the qkv / proj weights and biases once, write the output once."""
+        """Forward: read x and the qkv / proj weights, write the output; backward: read x, the
+        output's gradient and the weights, write dx and the weights' gradients; both: the sum."""
         c = row["dim"]
-        return (2 * row["batch_size"] * row["tokens"] * c + 4 * c * c + 4 * c) * itemsize
+        bnc, w = row["batch_size"] * row["tokens"] * c, 4 * c * c + 4 * c
+        fwd, bwd = 2 * bnc + w, 3 * bnc + 2 * w
+        return {"fwd": fwd, "bwd": bwd, "fwd_bwd": fwd + bwd}.get(str(row.get("direction", "fwd")), fwd) * itemsize
 
     def forward(self, module, inputs, hw):
         return module(inputs[0], hw)

@@ -9,7 +9,7 @@ fwd_bwd the backward computes dq, dk and dv.
 from __future__ import annotations
 
 from .. import accuracy as acc
-from .base import seeded_randn
+from .base import Target, seeded_randn
 from .registry import register_workload
 from .single import SingleAttention
 
@@ -18,6 +18,17 @@ from .single import SingleAttention
 class Op(SingleAttention):
     name = "op"
     part = "attend"
+    # ELFATT's fast path, judged on rows of experiment=fast_elfatt (targets this suite set, not the paper's)
+    targets = (
+        Target("3072 px: fast p50 <= 0.6 ms", "3072", "max_ms", 0.6),
+        Target("2048 px: >= 3x the fastest SDPA", "2048", "over", 3.0),
+        Target("1024 px: no slower than the fastest SDPA", "1024", "over", 1.0),
+        Target("224 px, batch 256: within 1.1x of the fastest SDPA", "224", "over", 1 / 1.1),
+        Target("3072 px: memory beyond inputs <= 2x the output", "3072", "max_mem_ratio", 2.0),
+        Target("fwd+bwd, 3072 px: >= 10x the fastest SDPA", "3072", "over", 10.0, "fwd_bwd"),
+        Target("fwd+bwd, 2048 px: >= 3x the fastest SDPA", "2048", "over", 3.0, "fwd_bwd"),
+        Target("fwd+bwd, 1024 px: no slower than the fastest SDPA", "1024", "over", 1.0, "fwd_bwd"),
+    )
 
     def inputs(self, module, batch, hw, device, precision, seed):
         shape = (batch, module.num_heads, hw[0] * hw[1], module.head_dim)
@@ -25,8 +36,10 @@ class Op(SingleAttention):
         return tuple(seeded_randn(shape, seed + 1 + i, device, dtype) for i in range(3))
 
     def compulsory_bytes(self, row, itemsize):
-        """Read q, k and v once, write the output once."""
-        return 4 * row["batch_size"] * row["tokens"] * row["dim"] * itemsize
+        """Forward: read q, k, v, write the output (4 tensors); backward: read q, k, v, the output
+        and its gradient, write dq, dk, dv (8); both: 12."""
+        tensors = {"fwd": 4, "bwd": 8, "fwd_bwd": 12}.get(str(row.get("direction", "fwd")), 4)
+        return tensors * row["batch_size"] * row["tokens"] * row["dim"] * itemsize
 
     def forward(self, module, inputs, hw):
         q, k, v = inputs

@@ -60,7 +60,7 @@ class SingleAttention(Workload):
     columns = COLUMNS
     summary = SUMMARY
     quality = (("rel_err_vs_exact", "lower"),)
-    part = "layer"  # what the attention's FLOP and memory answers cover: "attend" (op) or "layer"
+    part = "full"  # what the attention's FLOP and memory answers cover: "attend" (op) or "full"
 
     def describe(self, job: Job) -> Case:
         wl = job.cfg.workload

@@ -84,7 +84,7 @@ def test_flops_match_counter(name):
     x = torch.randn(2, 20, 12)
     with FlopCounterMode(display=False) as fc, sdpa_kernel(SDPBackend.MATH):
         m(x, (4, 5))
-    assert fc.get_total_flops() == m.flops(2, (4, 5), "layer")
+    assert fc.get_total_flops() == m.flops(2, (4, 5), "full")
 
 
 @pytest.mark.gpu

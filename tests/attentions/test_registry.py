@@ -62,7 +62,7 @@ def test_module_interface(name):
     assert isinstance(m.proj, torch.nn.Linear) and (m.proj.in_features, m.proj.out_features) == (32, 32)
     assert m.qkv.bias is not None
     assert build(name, qkv_bias=False).qkv.bias is None
-    assert m.flops(2, (7, 7), "layer") > m.flops(2, (7, 7), "attend") > 0
+    assert m.flops(2, (7, 7), "full") > m.flops(2, (7, 7), "attend") > 0
 
 
 @pytest.mark.parametrize("name", A.list_attentions())

@@ -301,7 +301,7 @@ def test_flops_match_flop_counter(name, kw, hw, heads, d):
     with torch.no_grad():
         assert counted_flops(lambda: m.attend(q, k, v, hw)) == m.flops(2, hw, "attend")
         x = torch.randn(2, hw[0] * hw[1], heads * d, dtype=F64)
-        assert counted_flops(lambda: m(x, hw)) == m.flops(2, hw, "layer")
+        assert counted_flops(lambda: m(x, hw)) == m.flops(2, hw, "full")
 
 
 def test_neighborhood_natten_matches_the_mask_reference():

@@ -61,7 +61,7 @@ def test_slurm_states_become_statuses():
 def test_plan_jobs_skips_cases_with_an_ok_row(tmp_path, run_job):
     from suite.sweep.launcher import plan_jobs
 
-    tiny = ["workload=op", "resolution=64", "dim=32", "heads=2", "warmup=0", "repeats=3", "min_time_s=0",
+    tiny = ["workload=op", "resolution=64", "workload.dim=32", "workload.heads=2", "warmup=0", "repeats=3", "min_time_s=0",
             "accuracy=false", "flops_count=false", "device=cpu", "precision=fp32"]
     done = [*tiny, "attention=sdpa"]
     assert run_job(done, tmp_path / "a")[0].status == "ok"

@@ -20,7 +20,7 @@ import pandas as pd
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-TINY = ["workload=op", "dim=32", "heads=2", "warmup=0", "min_time_s=0", "accuracy=false", "flops_count=false",
+TINY = ["workload=op", "workload.dim=32", "workload.heads=2", "warmup=0", "min_time_s=0", "accuracy=false", "flops_count=false",
         "retries=0", "device=cpu", "precision=fp32", "hydra/launcher=slurm_cpu", "hydra.launcher.partition=debug",
         "hydra.callbacks.sweep.report=false", "hydra.callbacks.sweep.progress=false"]
 

@@ -79,7 +79,7 @@ def test_accuracy_of_exact_attention_is_rounding_only():
     x = torch.randn(2, 12, 16)
     with torch.no_grad():
         out = m(x, (3, 4))
-    a = acc.accuracy(m, out, (x,), (3, 4), "layer")
+    a = acc.accuracy(m, out, (x,), (3, 4), "full")
     assert a.rel_err_vs_exact < 1e-6 and a.rel_err_vs_fp64 < 1e-6
     assert a.cos_sim_vs_exact == pytest.approx(1.0, abs=1e-9)
 

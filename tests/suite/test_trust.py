@@ -283,7 +283,7 @@ BAD = [
     ("resolution=250", "resolution=250 is not divisible by patch_size=16; valid sizes are multiples of 16"),
     ("workload.heads=5", "heads=5 does not divide dim=768; valid heads for dim=768"),
     ("timing=fast", "timing='fast' is not valid; valid choices: eager, cuda_graph, kernels"),
-    ("task=train_proxy", "task=train_proxy was removed; write workload=train_proxy"),
+    ("task=train_proxy", "task=train_proxy was removed; choose a workload instead (workload=train_proxy, if it"),
     ("variant=sdpa_flash", "variant= was removed: a preset is an attention option now, e.g. attention=sdpa_flash"),
 ]
 
