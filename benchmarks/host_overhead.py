@@ -123,7 +123,6 @@ def counting_mode():
             rets = func._schema.returns
             aliasing = [r.alias_info is not None for r in rets]
             views = rets and all(aliasing) and not any(r.alias_info.is_write for r in rets if r.alias_info)
-            name = func.__name__ if hasattr(func, "__name__") else str(func)
             self.allocs += sum(1 for a in aliasing if not a) if rets else 0
             factory = str(func).split(".")[1].startswith(("empty", "new_empty"))
             if not views and not factory:

@@ -112,7 +112,7 @@ def unknown_option(key: str, overrides: list[str]) -> str:
     rest = [o for o in overrides if o.lstrip("+~").split("=", 1)[0] != key]
     try:
         name = str(compose(config_name="config", overrides=rest).attention.name)
-        attentions.check_options(name, **{key.split(".", 1)[1]: None})
+        attentions.registry.check_options(name, **{key.split(".", 1)[1]: None})
     except ValueError as e:
         return str(e)
     except Exception:  # noqa: BLE001 - the rest cannot compose either: say what is known

@@ -250,7 +250,9 @@ class SweepCallback(Callback):
             from ..collect import collect
 
             problems: list[str] = []
-            table = collect([sweep_dir], out_dir=sweep_dir, problems=problems)
+            roots = [sweep_dir] + ([Path(str(config.records_dir))] if config.get("records_dir") else [])
+            roots = [r for r in roots if r.exists() and any(r.rglob("records.*"))] or [sweep_dir]
+            table = collect(roots, out_dir=sweep_dir, problems=problems)
             for p in problems:
                 print(f"could not read: {p}", flush=True)
             print(f"merged table: {table} (and .csv)", flush=True)

@@ -167,3 +167,59 @@ def test_sigterm_in_a_sweep_marks_the_case_frees_the_lock_and_leaves_no_temp_fil
     assert df["status"].tolist() == ["interrupted"] and "SIGTERM" in df["reason"].iloc[0]
     lock.release(lock.acquire(tmp_path)[0])  # free
     assert not list(tmp_path.rglob("*.tmp"))
+
+
+def run_sweep(*args, cwd):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, str(ROOT / "run.py"), "-m", *TINY, *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_a_sweep_over_seed_and_threads_keeps_four_rows(tmp_path):
+    p = run_sweep("seed=0,1", "threads=1,2", f"hydra.sweep.dir={tmp_path}", "hydra.callbacks.sweep.report=false",
+                  cwd=tmp_path)
+    assert p.returncode == 0, p.stderr[-2000:]
+    merged = pd.read_parquet(tmp_path / "results.parquet")
+    assert len(merged) == 4 and sorted(zip(merged["seed"], merged["threads"])) == [(0, 1), (0, 2), (1, 1), (1, 2)]
+
+
+@pytest.mark.slow
+def test_two_sweeps_sharing_records_dir_keep_every_row_resume_and_merge_from_it(tmp_path):
+    shared = tmp_path / "shared"
+    a = subprocess.Popen([sys.executable, str(ROOT / "run.py"), "-m", *TINY, "seed=0,1,2",
+                          f"records_dir={shared}", f"hydra.sweep.dir={tmp_path / 'a'}",
+                          "hydra.callbacks.sweep.report=false"], cwd=tmp_path,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    b = run_sweep("seed=3,4,5", f"records_dir={shared}", f"hydra.sweep.dir={tmp_path / 'b'}",
+                  "hydra.callbacks.sweep.report=false", cwd=tmp_path)
+    a.communicate(timeout=600)
+    assert a.returncode == 0 and b.returncode == 0, b.stderr[-2000:]
+    assert sorted(storage.read_tree(shared)["seed"]) == [0, 1, 2, 3, 4, 5]  # both sweeps, every row
+    again = run_sweep("seed=0,1,2", f"records_dir={shared}", "resume=true", f"hydra.sweep.dir={tmp_path / 'a'}",
+                      "hydra.callbacks.sweep.report=false", cwd=tmp_path)
+    assert again.returncode == 0 and again.stdout.count("[resume] ok row for this case already in") == 3
+    assert len(storage.read_tree(shared)) == 6  # nothing measured again
+    assert len(pd.read_parquet(tmp_path / "a" / "results.parquet")) == 6  # the merge read where the rows are
+
+
+def test_every_identity_setting_separates_cases_and_no_other_does(run_job, tmp_path):
+    """Each setting marked as part of the case changes the case key; the others (how long, how often,
+    where) leave it as it is."""
+    from suite.records import case_key
+
+    base = ["attention=vanilla", "workload=op", "resolution=32", "workload.dim=32", "workload.heads=2",
+            "warmup=0", "repeats=1", "accuracy=false", "flops_count=false", "retries=0", "device=cpu",
+            "precision=fp32", "threads=1"]
+    key = case_key(run_job(base, tmp_path / "base")[0])
+    changes = {"attention=sdpa": True, "attention.lepe=true": True, "workload=layer": True, "resolution=64": True,
+               "resolution=32x64": True, "batch_size=2": True, "workload.dim=64": True, "workload.heads=4": True,
+               "workload.patch_size=8": True, "precision=bf16": True, "direction=bwd": True, "threads=2": True,
+               "seed=1": True, "flush_l2=false": True,
+               "warmup=2": False, "repeats=3": False, "min_time_s=0.2": False, "retries=1": False,
+               "noise_pct=50": False, "contention_cores=1": False, "accuracy_max_tokens=1": False,
+               "memory_limit_mib=10000": False, "skip_unfit=false": False}
+    for i, (change, separates) in enumerate(changes.items()):
+        name = change.split("=")[0]
+        row = run_job([o for o in base if o.split("=")[0] != name] + [change], tmp_path / str(i))[0]
+        assert (case_key(row) != key) == separates, change

@@ -259,44 +259,6 @@ def test_the_exact_reference_holds_a_bounded_amount_of_scores():
         acc.REFERENCE_BUDGET = old
 
 
-# -- bad input: one line, exit 2 ---------------------------------------------------------
-BAD = [
-    ("attention=nope", "attention=nope is not valid; valid choices: agent, cswin"),
-    ("precision=fp8", "precision=fp8 is not valid; valid choices: amp, auto, bf16, fp16, fp32"),
-    ("workload=nope", "workload=nope is not valid; valid choices: layer, model, op, train_proxy"),
-    ("resolution=abc", "resolution='abc' is not valid; valid: a positive number of pixels (square) or HxW"),
-    ("batch_size=1e9", "batch_size=1e9 is not valid; valid: an integer"),
-    ("seed=abc", "seed=abc is not valid; valid: an integer"),
-    ("resolutoin=512", "unknown setting 'resolutoin' (did you mean resolution?)"),
-    ("+resolutoin=512", "unknown setting 'resolutoin' (did you mean resolution?)"),
-    ("model.depthz=3", "unknown setting 'model.depthz' (did you mean model.depths?)"),
-    ("workload.dimm=3", "unknown setting 'workload.dimm' (did you mean workload.dim?)"),
-    ("warmup=-1", "warmup=-1 is not valid; valid: a number >= 0"),
-    ("repeats=-5", "repeats=-5 is not valid; valid: a number >= 0"),
-    ("min_time_s=-1", "min_time_s=-1.0 is not valid; valid: a number >= 0"),
-    ("memory_limit_mib=-5", "memory_limit_mib=-5.0 is not valid; valid: a number >= 0"),
-    ("flush_l2=maybe", "flush_l2=maybe is not valid; valid: true or false"),
-    ("attention.qkv_bias=maybe", "attention.qkv_bias='maybe' is not valid for 'elfatt'; valid: true or false"),
-    ("attention.block_rows=abc", "attention.block_rows='abc' is not valid for 'elfatt'; valid: an integer or null"),
-    ("attention.block_rows=5", "block_rows=5 does not divide the grid height H=14; valid block_rows: [1, 2, 7, 14]"),
-    ("resolution=-224", "resolution='-224' is not valid; valid: a positive number of pixels (square) or HxW"),
-    ("resolution=250", "resolution=250 is not divisible by patch_size=16; valid sizes are multiples of 16"),
-    ("workload.heads=5", "heads=5 does not divide dim=768; valid heads for dim=768"),
-    ("timing=fast", "timing='fast' is not valid; valid choices: eager, cuda_graph, kernels"),
-    ("task=train_proxy", "task=train_proxy was removed; choose a workload instead (workload=train_proxy, if it"),
-    ("variant=sdpa_flash", "variant= was removed: a preset is an attention option now, e.g. attention=sdpa_flash"),
-]
-
-
-@pytest.mark.parametrize("arg,message", BAD, ids=[b[0] for b in BAD])
-def test_bad_input_is_one_line(arg, message):
-    err = io.StringIO()
-    with redirect_stderr(err), pytest.raises(SystemExit) as stop:
-        cli.preflight([arg])
-    assert stop.value.code == 2
-    assert err.getvalue().startswith(f"error: {message}") and len(err.getvalue().strip().splitlines()) == 1
-
-
 def test_a_sweep_value_bad_for_every_job_fails_first_and_one_bad_for_some_becomes_rows():
     err = io.StringIO()
     with redirect_stderr(err), pytest.raises(SystemExit):
