@@ -2,6 +2,7 @@
 
     python -m benchmarks.fast_path_gpu OUT.jsonl [--steps correct,time,host,kernels]
         [--variants default,unmerged,graph] [--res 1024,2048,3072,224]
+    python -m benchmarks.fast_path_gpu --before-after BEFORE.jsonl AFTER.jsonl   (tables, no GPU)
 
 ViT-B/16 attention cores (12 heads x 64; batch 1 from 1024 px, 256 at 224 px
 forward, 64 forward+backward), fp16, q, k, v the layer's strided views of one
@@ -208,7 +209,31 @@ def step_kernels(out, variants, resolutions) -> None:
                     out(kind="kernels", res=res, direction=direction, error=f"{type(e).__name__}: {str(e)[:300]}")
 
 
+def before_after(before: Path, after: Path) -> str:
+    """Markdown: the ``default`` variant's times and host cost in two runs of this script (before / after)."""
+    def load(path):
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        times = {(r["res"], r["batch"], r["direction"]): r for r in rows if r.get("kind") == "time"
+                 and r.get("variant") == "default" and "eager" in r}
+        host = {r["direction"]: r for r in rows if r.get("kind") == "host" and r.get("variant") == "default"}
+        return times, host
+
+    (bt, bh), (at, ah) = load(before), load(after)
+    lines = ["| case | graph replay ms (before -> after) | eager ms (before -> after) |", "|---|---|---|"]
+    for key in sorted(set(bt) & set(at), key=lambda k: (k[2], k[0] == 224, k[0])):
+        b, a = bt[key], at[key]
+        lines.append(f"| {key[2]} {key[0]} px b{key[1]} | {b['cuda_graph']:.4f} -> {a['cuda_graph']:.4f} | "
+                     f"{b['eager']:.3f} -> {a['eager']:.3f} |")
+    lines += ["", "| host us per call at 1024 px (200 queued) | before | after |", "|---|---|---|"]
+    lines += [f"| {d} | {bh[d]['host_us_per_call']:.0f} | {ah[d]['host_us_per_call']:.0f} |"
+              for d in ("fwd", "fwd_bwd") if d in bh and d in ah]
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
+    if argv is None and len(sys.argv) > 1 and sys.argv[1] == "--before-after":
+        print(before_after(Path(sys.argv[2]), Path(sys.argv[3])))
+        return 0
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("out", type=Path)
     ap.add_argument("--steps", default="correct,time,host,kernels")
