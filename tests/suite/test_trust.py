@@ -263,7 +263,7 @@ def test_the_exact_reference_holds_a_bounded_amount_of_scores():
 BAD = [
     ("attention=nope", "attention=nope is not valid; valid choices: agent, cswin"),
     ("precision=fp8", "precision=fp8 is not valid; valid choices: amp, auto, bf16, fp16, fp32"),
-    ("workload=nope", "workload=nope is not valid; valid choices: layer, model, op, train_proxy"),
+    ("workload=nope", "workload=nope is not valid; valid choices: diffusion, layer, model, op, train_proxy"),
     ("resolution=abc", "resolution='abc' is not valid; valid: a positive number of pixels (square) or HxW"),
     ("batch_size=1e9", "batch_size=1e9 is not valid; valid: an integer"),
     ("seed=abc", "seed=abc is not valid; valid: an integer"),
