@@ -42,7 +42,8 @@ MODELS: dict[str, tuple[str, dict]] = {
     "dit_small": ("dit", dict(
         num_attention_heads=4, attention_head_dim=16, in_channels=4, out_channels=8, num_layers=2, patch_size=2,
         sample_size=32, num_embeds_ada_norm=1000)),
-    # DiT-XL/2 (Peebles & Xie 2023; 675M parameters): 28 blocks, 16 heads of 72 channels.
+    # DiT-XL/2 (Peebles & Xie 2023): 28 blocks, 16 heads of 72 channels; 750M parameters in diffusers'
+    # layout (675M in the paper: here every block has its own timestep and class embedders).
     "dit_xl2": ("dit", dict(
         num_attention_heads=16, attention_head_dim=72, in_channels=4, out_channels=8, num_layers=28, patch_size=2,
         sample_size=64, num_embeds_ada_norm=1000)),
