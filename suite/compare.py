@@ -16,6 +16,12 @@ that takes both rows' p10-p90 spread into account:
   contended or throttled). The case is shown with its flags and its ratio,
   but never counted as slower or faster and never as a regression.
 
+A case whose ``impl_ran`` (the kernel or code path that actually executed)
+differs between the sides is marked ``ran differently`` with both paths
+(e.g. ``triton -> reference``): its verdict stands (a fallback to a slower
+path is a real regression), but the table and figure say the two rows did
+not run the same code.
+
 A trusted case is a regression beyond noise when NEW p10 / BASE p90 - 1
 exceeds ``--fail-if-slower`` percent; then the command exits 1, so it can
 guard performance in CI. Cases present on one side only are listed. Output:
@@ -83,7 +89,7 @@ def compare(base: pd.DataFrame, new: pd.DataFrame, fail_pct: float | None = None
     joined = b.merge(n, on="_case", suffixes=("_base", "_new"))
     rows = [_matched(r) for _, r in joined.iterrows()]
     table = pd.DataFrame(rows, columns=["case", "base_ms", "new_ms", "ratio", "verdict", "slower_beyond_noise_pct",
-                                        "base_spread", "new_spread", "flags"])
+                                        "base_spread", "new_spread", "flags", "ran"])
     facts = {"only_base": sorted(_label(r) for _, r in b[~b["_case"].isin(n["_case"])].iterrows()),
              "only_new": sorted(_label(r) for _, r in n[~n["_case"].isin(b["_case"])].iterrows()),
              "differs": differences(base, new)}
@@ -106,7 +112,15 @@ def _matched(r: pd.Series) -> dict:
             "verdict": "untrusted" if flags else verdict(bb, nn),
             "slower_beyond_noise_pct": max(beyond, 0.0) if not flags else float("nan"),
             "base_spread": (bb["latency_ms_p90"] - bb["latency_ms_p10"]) / bb["latency_ms_p50"],
-            "new_spread": (nn["latency_ms_p90"] - nn["latency_ms_p10"]) / nn["latency_ms_p50"], "flags": flags}
+            "new_spread": (nn["latency_ms_p90"] - nn["latency_ms_p10"]) / nn["latency_ms_p50"], "flags": flags,
+            "ran": ran_differently(r.get("impl_ran_base"), r.get("impl_ran_new"))}
+
+
+def ran_differently(base, new) -> str:
+    """``"BASE -> NEW"`` when both sides say what ran and it differs; "" otherwise (a table
+    without the column, or a row that did not say, is no difference)."""
+    a, b = _spelling(base), _spelling(new)
+    return f"{a} -> {b}" if a and b and a != b else ""
 
 
 def _label(r) -> str:
@@ -141,16 +155,20 @@ def differences(base: pd.DataFrame, new: pd.DataFrame) -> list[tuple[str, str, s
 
 
 def markdown(table: pd.DataFrame, facts: dict) -> str:
-    lines = ["| case | base p50 ms | new p50 ms | new / base | verdict | slower beyond noise | timing flags |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| case | base p50 ms | new p50 ms | new / base | verdict | slower beyond noise | timing flags "
+             "| ran differently |", "|---|---|---|---|---|---|---|---|"]
     for _, r in table.iterrows():
         beyond = f"{r['slower_beyond_noise_pct']:.0f}%" if r["slower_beyond_noise_pct"] > 0 else ""
         lines.append(f"| {r['case']} | {r['base_ms']:.4g} | {r['new_ms']:.4g} | {r['ratio']:.2f} | {r['verdict']} | "
-                     f"{beyond} | {r['flags']} |")
+                     f"{beyond} | {r['flags']} | {r['ran']} |")
     counts = table["verdict"].value_counts()
     lines += ["", f"{len(table)} case(s) in both: " + ", ".join(f"{int(counts.get(v, 0))} {v}" for v in COLORS)
               + ". Untrusted: a timing flagged on either side (noisy, contended or throttled); shown, but never "
                 "counted as slower or faster."]
+    differ = int((table["ran"] != "").sum())
+    if differ:
+        lines += ["", f"{differ} case(s) ran a different kernel or path on the two sides (impl_ran, column "
+                      "'ran differently'): their ratio compares different code."]
     if facts["differs"]:
         lines += ["", "What differs between the two sides:", "", "| column | base | new |", "|---|---|---|"]
         lines += [f"| {c} | {a} | {b} |" for c, a, b in facts["differs"]]
@@ -187,11 +205,13 @@ def draw(table: pd.DataFrame):
         untrusted = r["verdict"] == "untrusted"
         ax.barh(yy, r["ratio"] - 1, left=1, color=COLORS[r["verdict"]], edgecolor="dimgray" if untrusted else None,
                 hatch="///" if untrusted else None, height=0.7)
-        text = f" {r['ratio']:.2f}x" + (f" ({r['flags']})" if untrusted else "")
+        text = (f" {r['ratio']:.2f}x" + (f" ({r['flags']})" if untrusted else "")
+                + (f" [ran {r['ran']}]" if r["ran"] else ""))
         ax.annotate(text, (r["ratio"], yy), xytext=(3 if r["ratio"] >= 1 else -3, 0), textcoords="offset points",
                     va="center", ha="left" if r["ratio"] >= 1 else "right", fontsize=7)
     ax.set_xscale("log")  # room for the labels on both sides of the bars
-    ax.set_xlim(min([0.8, *table["ratio"]]) / 2.5, max([1.25, *table["ratio"]]) * (4 if table["flags"].any() else 2))
+    labelled = (table["flags"] != "").any() or (table["ran"] != "").any()
+    ax.set_xlim(min([0.8, *table["ratio"]]) / 2.5, max([1.25, *table["ratio"]]) * (4 if labelled else 2))
     ax.xaxis.set_major_locator(plt.FixedLocator(ratio_ticks(*ax.get_xlim())))
     ax.xaxis.set_major_formatter(plt.FuncFormatter(times_label))
     ax.xaxis.set_minor_formatter(plt.NullFormatter())

@@ -136,3 +136,21 @@ def test_columns_empty_on_both_sides_are_no_difference():
     base = pd.DataFrame({"cuda_version": [float("nan")], "threads": [4.0], "git_sha": ["a"], "hostname": [""]})
     new = pd.DataFrame({"cuda_version": [""], "threads": [4], "git_sha": ["b"], "hostname": [float("nan")]})
     assert C.differences(base, new) == [("git_sha", "a", "b")]
+
+
+def test_a_case_that_ran_other_code_is_marked(tmp_path, capsys):
+    """impl_ran differs (the fast path fell back to the reference): the row says so, and the
+    regression still counts: a fallback to a slower path is a real regression."""
+    base = [row("elfatt", latency=1.0, impl_ran="triton"), row("swin", latency=1.0, impl_ran="reference")]
+    new = [row("elfatt", latency=3.0, impl_ran="reference"), row("swin", latency=1.0, impl_ran="reference")]
+    code = C.main([*map(str, runs(tmp_path, base, new)), "--fail-if-slower", "10"])
+    out, err = capsys.readouterr()
+    lines = {line.split(" |")[0].lstrip("| "): line for line in out.splitlines() if line.startswith("| ")}
+    assert lines["elfatt layer 1024px fp16"].endswith("| triton -> reference |")
+    assert lines["swin layer 1024px fp16"].endswith("|  |")
+    assert "1 case(s) ran a different kernel or path" in out
+    assert code == 1 and "elfatt" in err
+    table, _ = C.compare(*(pd.read_parquet(p) for p in runs(tmp_path / "2", base, new)))
+    assert table.set_index("case")["ran"].to_dict() == {"elfatt layer 1024px fp16": "triton -> reference",
+                                                         "swin layer 1024px fp16": ""}
+    assert any("[ran triton -> reference]" in t.get_text() for t in C.draw(table).axes[0].texts)
