@@ -1,9 +1,10 @@
 """Attention mechanisms for vision transformers, behind one registry.
 
-Importing this package registers every attention (explicit imports below);
-nothing else happens at import time. ``attentions`` never imports ``suite``.
+The registry imports every attention module of this package the first time it
+is asked (``list_attentions``, ``attention_info``, ``create_attention``), so a
+new attention is one module here plus ``conf/attention/<name>.yaml``. Nothing
+runs at import time. ``attentions`` never imports ``suite``.
 """
-from . import elfatt, exact, linear, optional, window  # noqa: F401  (registration)
 from .base import Attention
 from .errors import REASON_KINDS, Reason, Unavailable, Unsupported, failure_kind
 from .registry import (

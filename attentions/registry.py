@@ -1,8 +1,10 @@
 """One name -> one attention class. The registry drives tests, configs and sweeps.
 
 Attentions register themselves with ``@register_attention(name, ...)`` in their
-family module; ``attentions/__init__.py`` imports those modules explicitly, so
-the registry is complete as soon as ``attentions`` is imported.
+module. Every module of the ``attentions`` package (less the helpers named in
+``_HELPERS``) is imported the first time the registry is asked anything, so
+adding an attention is one module here and one ``conf/attention/<name>.yaml``:
+nothing else lists it. Importing the package imports no attention module.
 """
 from __future__ import annotations
 
@@ -27,6 +29,23 @@ class AttentionInfo:
 
 
 _REGISTRY: dict[str, AttentionInfo] = {}
+# Modules of the package that register no attention (kernels: the fast ELFATT path's launches).
+_HELPERS = frozenset({"base", "errors", "functional", "packages", "registry", "kernels"})
+_discovered: list[bool] = []
+
+
+def discover() -> None:
+    """Import every attention module of this package once (each registers what it defines)."""
+    if _discovered:
+        return
+    import importlib
+    import pkgutil
+
+    package = importlib.import_module(__package__)
+    for module in pkgutil.iter_modules(package.__path__):
+        if module.name not in _HELPERS and not module.name.startswith("_"):
+            importlib.import_module(f"{__package__}.{module.name}")
+    _discovered.append(True)
 
 
 def register_attention(name: str, *, family: str, complexity: str, needs: str = "torch", source: str = ""):
@@ -44,10 +63,12 @@ def register_attention(name: str, *, family: str, complexity: str, needs: str = 
 
 def list_attentions() -> list[str]:
     """Registered names, sorted."""
+    discover()
     return sorted(_REGISTRY)
 
 
 def attention_info(name: str) -> AttentionInfo:
+    discover()
     try:
         return _REGISTRY[name]
     except KeyError:

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 import attentions as A
+import attentions.elfatt  # noqa: F401  (A.elfatt below)
 from refs import reasons_of
 from attentions.kernels import elfatt_fast
 

@@ -140,3 +140,40 @@ def test_one_reasons_answer_and_what_ran(name):
         m.flops(1, hw, "op")
     assert isinstance(type(m).whole_grid_options((7, 7)), dict)
     assert "workload" not in str(inspect.signature(m.flops)) + str(inspect.signature(m.memory_estimate))
+
+
+def test_a_new_attention_is_one_module(tmp_path, monkeypatch):
+    """A module dropped into the package registers its attention with no import list to edit;
+    importing the package itself imports no attention module (nothing runs at import time)."""
+    import subprocess
+    import sys
+
+    from attentions import registry
+
+    (tmp_path / "toy_attention.py").write_text(
+        "from attentions.exact import VanillaAttention\n"
+        "from attentions.registry import register_attention\n\n\n"
+        "@register_attention('toy_module_attention', family='exact', complexity='O(N^2 d)')\n"
+        "class ToyAttention(VanillaAttention):\n"
+        "    pass\n")
+    monkeypatch.setattr(A, "__path__", [*A.__path__, str(tmp_path)])
+    monkeypatch.setattr(registry, "_discovered", [])
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    monkeypatch.delitem(sys.modules, "attentions.toy_attention", raising=False)
+    assert "toy_module_attention" in A.list_attentions()
+    assert A.create_attention("toy_module_attention", 32, 4).registry_name == "toy_module_attention"
+    probe = "import sys, attentions; print(sorted(m for m in sys.modules if m.startswith('attentions.')))"
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
+                            cwd=Path(__file__).resolve().parents[2]).stdout
+    assert "attentions.elfatt" not in loaded and "attentions.exact" not in loaded, loaded
+
+
+def test_every_module_but_the_helpers_registers_an_attention():
+    """The helper list is right: a module left out of discovery would hide its attentions."""
+    import pkgutil
+
+    from attentions import registry
+
+    modules = {info.cls.__module__.rsplit(".", 1)[-1] for info in map(A.attention_info, A.list_attentions())}
+    files = {m.name for m in pkgutil.iter_modules(A.__path__)} - registry._HELPERS
+    assert files == modules

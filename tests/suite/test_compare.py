@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-import attentions as A
+from attentions import exact
 from suite import compare as C
 from suite.records import write_records
 from test_report import row  # noqa: E402  (tests/suite is on sys.path under pytest)
@@ -26,13 +26,13 @@ def sweep(run_job, folder, attentions=("vanilla_lepe", "elfatt")):
 
 def test_a_slowed_attention_fails_the_check(run_job, tmp_path, monkeypatch, capsys):
     sweep(run_job, tmp_path / "base")
-    real = A.exact.VanillaAttention.core
+    real = exact.VanillaAttention.core
 
     def slowed(self, q, k, v, hw):  # 200 ms more per call: beyond the noise of a busy shared machine
         time.sleep(0.2)
         return real(self, q, k, v, hw)
 
-    monkeypatch.setattr(A.exact.VanillaAttention, "core", slowed)
+    monkeypatch.setattr(exact.VanillaAttention, "core", slowed)
     sweep(run_job, tmp_path / "new", ("vanilla_lepe", "elfatt", "sdpa"))
     # 1000%: the slowed case is about 600x slower (0.3 ms -> 200 ms); a busy neighbour on a shared machine can
     # make another case several times slower (one torch thread keeps that within reach)
