@@ -222,8 +222,9 @@ class SweepCallback(Callback):
         resume = str(config.get("resume", "false")).lower()
         roots = [sweep_dir] + ([Path(str(config.records_dir))] if config.get("records_dir") else [])
         if resume not in ("false", "none") and not any(any(r.rglob("records.*")) for r in roots if r.exists()):
-            print(f"note: resume={resume}, but {' and '.join(map(str, roots))} hold no earlier rows, so nothing can "
-                  f"be resumed (the presets resume from results/sweeps/<preset>)", flush=True)
+            verb = "holds" if len(roots) == 1 else "hold"
+            print(f"note: resume={resume}: nothing to resume, {' and '.join(map(str, roots))} {verb} no "
+                  f"earlier rows", flush=True)
         os.environ[SWEEP_ID] = uuid.uuid4().hex  # the jobs tag their status files with it
         if self.show_progress:
             self._tracker = SweepTracker(sweep_dir, total, os.environ[SWEEP_ID], self.poll_s)
