@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pandas as pd
 
-RES_LABEL = "image side (px; HxW at sqrt(H*W)); tokens N = H*W / patch^2"
+RES_LABEL = "image side, px (HxW: at sqrt(H*W))"
 
 
 def _label_text(value) -> str:
