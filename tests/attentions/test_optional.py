@@ -1,9 +1,7 @@
 """flash_attn and xformers: available paths (fake packages in sys.modules) and
 unavailable paths (the real reason)."""
-import subprocess
 import sys
 import types
-from pathlib import Path
 
 import pytest
 import torch
