@@ -170,7 +170,7 @@ def measure_case(wl: Workload, case: Case, job: Job, device: torch.device, preci
     finally:
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    record = Record(**base, status=status, **values)
+    record = Record(**(base | {"status": status} | values))  # measured values over the environment's
     record, note = record.checked(wl.columns, f"workload {wl.name}")
     record["reason"] = "; ".join(n for n in [*notes, note] if n)
     return record
@@ -226,13 +226,16 @@ def on_signal(signum, _frame) -> None:
 
 
 def install_signal_handlers() -> None:
-    """SIGTERM and SIGHUP end the run like Ctrl-C does (main thread only)."""
+    """SIGTERM and SIGHUP end the run like Ctrl-C does (main thread only). A handler someone
+    else installed first is left in place: in a Slurm job the launcher's own handler ends the
+    job and the launcher writes the row with Slurm's reason (cancelled, timeout, preempted)."""
     import signal
     import threading
 
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGHUP):
-            signal.signal(sig, on_signal)
+            if signal.getsignal(sig) in (signal.SIG_DFL, on_signal):
+                signal.signal(sig, on_signal)
 
 
 def interruption(e: BaseException) -> str:

@@ -86,3 +86,37 @@ def test_a_preempted_job_that_slurm_requeued_is_not_over(monkeypatch):
     states = slurm_jobs.slurm_states(["9_0", "9_1", "9_2"])
     assert {j: s["State"] for j, s in states.items()} == {"9_0": "PENDING", "9_1": "PENDING", "9_2": "PENDING"}
     assert states["9_0"]["Restarts"] == "1"
+
+
+def test_a_job_inside_slurm_keeps_its_row(tmp_path, run_job, monkeypatch):
+    """The environment and the timing both report Slurm's CPUs: one row, ok, with the Slurm
+    columns (a clash once turned every job on a cluster into an error row)."""
+    for key, value in {"SLURM_JOB_ID": "42", "SLURM_ARRAY_JOB_ID": "40", "SLURM_ARRAY_TASK_ID": "2",
+                       "SLURM_JOB_NODELIST": "vm", "SLURM_CPUS_PER_TASK": "1", "SLURM_JOB_PARTITION": "debug"}.items():
+        monkeypatch.setenv(key, value)
+    overrides = ["workload=op", "resolution=64", "workload.dim=32", "workload.heads=2", "warmup=0", "repeats=3",
+                 "accuracy=false", "flops_count=false", "device=cpu", "precision=fp32", "attention=sdpa", "threads=1"]
+    (row,) = run_job(overrides, tmp_path)
+    assert row.status == "ok", row.reason
+    assert (row["slurm_job"], row["slurm_partition"], row["slurm_cpus"]) == ("40_2", "debug", 1)
+
+
+def test_the_job_leaves_a_launchers_signal_handler_alone():
+    """In a Slurm job the launcher's SIGTERM handler ends the job and its row carries Slurm's reason;
+    the job's own handler (an `interrupted` row) is installed only where nobody else handles it."""
+    import signal
+
+    from suite.job import install_signal_handlers, on_signal
+
+    def launcher(signum, frame):
+        pass
+
+    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        signal.signal(signal.SIGTERM, launcher)
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
+        install_signal_handlers()
+        assert signal.getsignal(signal.SIGTERM) is launcher and signal.getsignal(signal.SIGHUP) is on_signal
+    finally:
+        for s, h in saved.items():
+            signal.signal(s, h)
