@@ -144,6 +144,7 @@ def calls_gpu_ms(events, repeats: int, device_type) -> list[float]:
 
 KERNEL_REPEATS = 200  # timing=kernels: profiled calls at most
 MAX_REPEATS = 100_000  # a loop of cheaper calls than min_time_s / MAX_REPEATS times fewer seconds, and says so
+MAX_ROUNDS = 20  # repeats=0: rounds of calls until min_time_s has passed (a slow machine may need a few)
 
 
 def time_fn(fn: Fn, device: torch.device, *, warmup: int = 3, repeats: int = 0, min_time_s: float = 1.0,
@@ -160,7 +161,8 @@ def time_fn(fn: Fn, device: torch.device, *, warmup: int = 3, repeats: int = 0, 
     estimate taken after the warmup (calls until a tenth of ``min_time_s``
     has passed): enough calls to fill ``min_time_s``, at least 5, at most
     ``max_repeats`` (the Timing's note says when that cap cut the loop
-    short). ``flush_l2`` (CUDA only) clears the L2 cache before every timed call.
+    short); where the estimate was too slow (a busy machine), further rounds
+    of calls run until ``min_time_s`` has passed. ``flush_l2`` (CUDA only) clears the L2 cache before every timed call.
 
     ``energy`` (a reader of the GPU's energy counter in mJ): the energy of the
     timed calls alone, warmup excluded: the timed loop's energy less that of
@@ -173,7 +175,8 @@ def time_fn(fn: Fn, device: torch.device, *, warmup: int = 3, repeats: int = 0, 
         fn()
     _sync(device)
     note = ""
-    if repeats <= 0:
+    auto = repeats <= 0
+    if auto:
         per_call = steady_call_s(fn, device, min_time_s)
         wanted = max(5, math.ceil(min_time_s / max(per_call, 1e-9)))
         repeats = min(wanted, max_repeats)
@@ -189,18 +192,32 @@ def time_fn(fn: Fn, device: torch.device, *, warmup: int = 3, repeats: int = 0, 
     start, cpu0 = time.perf_counter(), time.process_time()
     if mode == "kernels":
         samples = kernel_samples(fn, device, repeats, flush_l2)
-    elif device.type == "cuda":
-        samples = _cuda_event_samples(call, device, repeats, flush_l2)
     else:
-        samples = []
-        for _ in range(repeats):
-            t = time.perf_counter()
-            call()
-            samples.append((time.perf_counter() - t) * 1e3)
+        samples, rounds = [], 0
+        while True:  # with repeats=0, min_time_s is a floor: a slow estimate (a busy machine) adds rounds
+            samples += _timed_calls(call, device, repeats, flush_l2)
+            rounds += 1
+            took = time.perf_counter() - start
+            if not auto or took >= min_time_s or len(samples) >= max_repeats or rounds >= MAX_ROUNDS:
+                break
+            per_call = took / len(samples)
+            repeats = max(1, min(max_repeats - len(samples), math.ceil((min_time_s - took) / max(per_call, 1e-9))))
     total, cpu = time.perf_counter() - start, time.process_time() - cpu0
-    joules = _calls_energy(energy, e0, device, repeats, flush_l2 and device.type == "cuda") if e0 is not None \
-        else math.nan
+    joules = _calls_energy(energy, e0, device, len(samples), flush_l2 and device.type == "cuda") \
+        if e0 is not None else math.nan
     return Timing.of(samples, total, cpu, energy_j=joules, busy_s=sum(samples) / 1e3, note=note)
+
+
+def _timed_calls(call: Fn, device: torch.device, repeats: int, flush_l2: bool) -> list[float]:
+    """Milliseconds of each of ``repeats`` calls: CUDA events on a GPU, perf_counter on the CPU."""
+    if device.type == "cuda":
+        return _cuda_event_samples(call, device, repeats, flush_l2)
+    samples = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        call()
+        samples.append((time.perf_counter() - t) * 1e3)
+    return samples
 
 
 def steady_call_s(fn: Fn, device: torch.device, min_time_s: float) -> float:

@@ -94,3 +94,20 @@ def test_accuracy_sees_approximation():
     assert a.rel_err_vs_exact > 1e-2  # a different function
     assert a.rel_err_vs_fp64 < 1e-6  # but a correct implementation of itself
     assert not math.isnan(a.cos_sim_vs_exact)
+
+
+def test_min_time_is_a_floor_when_the_estimate_was_slow():
+    """repeats=0: the calls the estimate saw were slow (a busy machine), the timed ones fast; the
+    loop still runs until min_time_s has passed instead of stopping at the estimated count."""
+    import time
+
+    calls = []
+
+    def fn():
+        calls.append(1)
+        time.sleep(0.02 if len(calls) <= 8 else 0.001)  # warmup and the estimate: 20 ms a call
+
+    t = time_fn(fn, torch.device("cpu"), warmup=1, repeats=0, min_time_s=0.3)
+    assert t.total_s >= 0.3 and t.repeats > 30, (t.total_s, t.repeats)
+    fixed = time_fn(fn, torch.device("cpu"), warmup=0, repeats=7, min_time_s=10)
+    assert fixed.repeats == 7  # an explicit count is exactly that
