@@ -17,7 +17,7 @@ FLOPs (convention in ``attentions/base.py``; B batch, h heads, d head width):
   inside a neighborhood, and ``impl=mask`` computes all N^2 pairs.
 ``FlopCounterMode`` sees nothing inside torch's fused CPU SDPA kernel; under
 the SDPA math backend it counts the matmuls and agrees exactly with ``swin``
-and ``cswin`` (tests/test_window.py).
+and ``cswin`` (tests/attentions/test_window.py).
 """
 from __future__ import annotations
 

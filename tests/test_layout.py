@@ -98,6 +98,26 @@ def test_nothing_points_outside_the_repository():
     assert bad == []
 
 
+def test_every_file_the_project_names_exists():
+    """A path under one of the project's folders, named in a docstring, a
+    comment, a config or the README, exists (a moved module leaves none
+    behind). Paths under results/ are outputs, and the README's extending
+    example names files a reader would create."""
+    pattern = re.compile(r"\b((?:suite|attentions|conf|tests|benchmarks|hydra_plugins|notebooks|\.ci)/"
+                         r"[A-Za-z0-9_./-]*[A-Za-z0-9_])")
+    examples = {"attentions/my_attention.py", "conf/attention/my_attention.yaml"}
+    def ours(p: Path) -> bool:
+        parts = p.relative_to(ROOT).parts
+        hidden = any(q.startswith(".") and q != ".ci" for q in parts)
+        return not hidden and not {"__pycache__", "results", "site-packages"} & set(parts) \
+            and not any(q.endswith(".egg-info") for q in parts)
+    files = [p for p in ROOT.rglob("*") if p.is_file() and ours(p) and p.name != "NOTES.md"
+             and (p.suffix in (".py", ".md", ".yaml", ".ipynb", ".toml", ".sh") or p.parent.name == ".ci")]
+    bad = sorted({f"{p.relative_to(ROOT)}: {m}" for p in files for m in pattern.findall(p.read_text(errors="ignore"))
+                  if "*" not in m and m not in examples and not (ROOT / m).exists()})
+    assert bad == []
+
+
 def test_readme_settings_table_matches_the_config():
     from suite.docs import README, readme_table, settings_table
 
