@@ -1,6 +1,7 @@
 """The shape of the project: no import cycles, attentions/ never imports suite/,
 files and functions small enough to read, nothing points outside the
-repository, the README's generated tables are current."""
+repository and every file it names exists, the README's generated tables are
+current."""
 import ast
 import re
 from pathlib import Path
