@@ -156,9 +156,10 @@ def check_job(overrides: list[str], describe: bool, multirun: bool) -> str | Non
         folder = str(cfg.hydra.sweep.dir if multirun else cfg.hydra.run.dir)
     except Exception as e:  # noqa: BLE001 - Hydra's errors come in several types
         return "compose:" + explain(e, overrides)
-    problem = usable_folder(folder)
-    if problem:
-        return "folder:" + problem
+    for key, path in (("hydra folder", folder), ("records_dir", cfg.get("records_dir") or "")):
+        problem = usable_folder(path) if path else None
+        if problem:
+            return "folder:" + (problem if key == "hydra folder" else f"records_dir={problem}")
     choice = cfg.hydra.runtime.choices.get("attention")
     with open_dict(cfg):
         del cfg["hydra"]
@@ -185,6 +186,17 @@ def hydra_problem(argv: list[str]) -> str | None:
     return None
 
 
+def override_shape(task: list[str]) -> str | None:
+    """Why an override is not ``name=value`` (None when each is). A name given
+    twice is Hydra's rule, kept: the later value wins."""
+    for a in task:
+        key, eq, _ = a.lstrip("+~").partition("=")
+        if not key or (not eq and not a.startswith("~")):
+            return (f"{a!r} is not name=value; write e.g. attention=elfatt; "
+                    "python run.py --help lists every setting")
+    return None
+
+
 def preflight(argv: list[str]) -> None:
     """Exit with one line and code 2 when the command line cannot run (module docstring)."""
     if any(a.split("=")[0] in NO_JOB_FLAGS for a in argv):
@@ -197,6 +209,9 @@ def preflight(argv: list[str]) -> None:
     problem = hydra_problem(argv)
     if problem:
         fail(problem)
+    shape = override_shape(_task_overrides(argv))
+    if shape:
+        fail(shape)
     multirun = any(a in ("-m", "--multirun") for a in argv)
     keep = [a for a in _hydra_overrides(argv) if a.lstrip("+~").startswith(("hydra.searchpath", "hydra.run.dir",
                                                                              "hydra.sweep.dir"))]

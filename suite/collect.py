@@ -28,7 +28,6 @@ device_name, hostname and the version columns.
 """
 from __future__ import annotations
 
-import argparse
 import math
 import re
 import sys
@@ -36,6 +35,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from .args import OneLineParser
 from .records import (ATTENTION_KEYS, atomic_write, case_key, first_line, flagged_mask, ordered_columns,
                       read_job_records, read_table_file)
 
@@ -261,7 +261,7 @@ def _parse_baselines(items: list[str]) -> dict[str, list[str]]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m suite.collect", description=__doc__.split("\n\n")[0])
+    ap = OneLineParser(prog="python -m suite.collect", description=__doc__.split("\n\n")[0])
     ap.add_argument("paths", nargs="+", help="sweep/run directories or results/records tables")
     ap.add_argument("--out", help="where results.parquet/.csv go (default: the one directory given)")
     ap.add_argument("--baseline", action="append", default=[], metavar="NAME=PRESET",

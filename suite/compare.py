@@ -32,13 +32,13 @@ cannot be used is one ``error:`` line and exit code 2.
 """
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 from pathlib import Path
 
 import pandas as pd
 
+from .args import OneLineParser
 from .collect import add_variant
 from .records import case_key, flagged
 from .tables import COMPARE_NEEDS, BadInput, checked, out_folder, read_rows
@@ -239,7 +239,7 @@ def ratio_ticks(lo: float, hi: float) -> list[float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m suite.compare", description=__doc__.splitlines()[0])
+    ap = OneLineParser(prog="python -m suite.compare", description=__doc__.splitlines()[0])
     ap.add_argument("base", help="results table or folder (the reference run)")
     ap.add_argument("new", help="results table or folder (the run to check)")
     ap.add_argument("--fail-if-slower", type=float, metavar="PCT", help="exit 1 when a case is slower by more "

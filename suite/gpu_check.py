@@ -29,7 +29,6 @@ interpreter, a fake NVML): every line of the plumbing, no GPU numbers.
 """
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import signal
@@ -38,6 +37,8 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from .args import OneLineParser
 
 ROOT = Path(__file__).resolve().parents[1]
 STARTUP_S = 12.0  # python, torch, Hydra: a step's fixed cost (a run.py process on the H200 machine: 10-17 s)
@@ -181,7 +182,7 @@ def summary(planned: list[Planned], out: Path, budget_s: float, dry: bool, start
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m suite.gpu_check", description=__doc__.splitlines()[0])
+    ap = OneLineParser(prog="python -m suite.gpu_check", description=__doc__.splitlines()[0])
     ap.add_argument("--out", help="where results go (default: results/reference/<gpu-name>/, or results/gpu_check_dry)")
     ap.add_argument("--minutes", type=float, default=10.0, help="the whole check's budget in minutes (default 10)")
     ap.add_argument("--plan", action="store_true", help="print the plan and exit (no GPU needed)")

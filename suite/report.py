@@ -7,7 +7,6 @@ dtype and workload, and every case that was not measured with its reason.
 """
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import math
 import sys
@@ -15,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from .args import OneLineParser
 from .collect import BASELINES, add_variant, derive
 from .figure_style import resolution_side
 from .figures import NOT_OK, Figures, speedup_flagged
@@ -188,7 +188,7 @@ def flagged_section(df: pd.DataFrame) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m suite.report", description=__doc__.split("\n\n")[0])
+    ap = OneLineParser(prog="python -m suite.report", description=__doc__.split("\n\n")[0])
     ap.add_argument("table", help="results.parquet / results.csv, or a folder (its results.parquet files, "
                                   "else its job records)")
     ap.add_argument("--out", help="the folder for figures and report.md (default: report/ beside the table, "

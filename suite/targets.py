@@ -9,12 +9,12 @@ verdict per target, device and timing mode: ``met``, ``missed``, or ``owed``
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 import pandas as pd
 
+from .args import OneLineParser
 from .records import flagged
 from .workloads.base import Target
 
@@ -97,7 +97,7 @@ def section(df: pd.DataFrame) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     from .tables import BadInput, read_rows
 
-    ap = argparse.ArgumentParser(prog="python -m suite.targets", description=__doc__.splitlines()[0])
+    ap = OneLineParser(prog="python -m suite.targets", description=__doc__.splitlines()[0])
     ap.add_argument("table", help="a results table or a sweep folder")
     args = ap.parse_args(argv)
     try:

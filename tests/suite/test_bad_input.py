@@ -100,6 +100,11 @@ BAD = [  # (command line, the start of what the one line says after "error: ")
     ("hydra.run.dir=/dev/null", "/dev/null: /dev/null exists and is not a folder"),
     ("hydra.run.dir=", "hydra.run.dir is empty; give a folder"),
     ("hydra.run.dir=/proc/suite", "/proc/suite cannot be created or written"),
+    ("records_dir=/proc/suite", "records_dir=/proc/suite cannot be created or written"),
+    ("records_dir=/dev/null/x", "records_dir=/dev/null/x: /dev/null exists and is not a folder"),
+    # the shape of an override: name=value, each name once
+    ("elfatt", "'elfatt' is not name=value; write e.g. attention=elfatt"),
+    ("=elfatt", "'=elfatt' is not name=value"),
     # sweeps: a value bad for every job stops the command before any job runs
     ("-m device=cuda resolution=64,128", "device=cuda but torch sees no CUDA device here"),
     ("-m resolution=64,128 workload.heads=5", "heads=5 does not divide dim=768"),

@@ -116,3 +116,20 @@ def test_no_traceback_from_the_command_line(tmp_path):
         p = subprocess.run([sys.executable, "-m", *cmd], cwd=ROOT, capture_output=True, text=True, timeout=120)
         assert p.returncode == 2 and p.stderr.startswith("error:") and "Traceback" not in p.stderr, p.stderr
         assert len(p.stderr.strip().splitlines()) == 1, p.stderr
+
+
+@pytest.mark.parametrize("tool,args,says", [
+    ("collect", [], "the following arguments are required: paths"),
+    ("compare", ["only-one"], "the following arguments are required: new"),
+    ("report", ["--bogus", "t.parquet"], "unrecognized arguments: --bogus"),
+    ("targets", ["a", "b"], "unrecognized arguments: b"),
+    ("gpu_check", ["--minutes", "abc"], "argument --minutes: invalid float value: 'abc'"),
+])
+def test_a_wrong_argument_to_any_tool_is_one_line(tool, args, says, capsys):
+    import importlib
+
+    main = importlib.import_module(f"suite.{tool}").main
+    with pytest.raises(SystemExit) as stop:
+        main(args)
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and err == f"error: {says}; python -m suite.{tool} --help shows the usage\n"
