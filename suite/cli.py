@@ -156,10 +156,11 @@ def check_job(overrides: list[str], describe: bool, multirun: bool) -> str | Non
         folder = str(cfg.hydra.sweep.dir if multirun else cfg.hydra.run.dir)
     except Exception as e:  # noqa: BLE001 - Hydra's errors come in several types
         return "compose:" + explain(e, overrides)
-    for key, path in (("hydra folder", folder), ("records_dir", cfg.get("records_dir") or "")):
-        problem = usable_folder(path) if path else None
-        if problem:
-            return "folder:" + (problem if key == "hydra folder" else f"records_dir={problem}")
+    problem = usable_folder(folder)
+    if not problem and cfg.get("records_dir"):
+        problem = (why := usable_folder(cfg.records_dir)) and f"records_dir={why}"
+    if problem:
+        return "folder:" + problem
     choice = cfg.hydra.runtime.choices.get("attention")
     with open_dict(cfg):
         del cfg["hydra"]

@@ -162,7 +162,8 @@ def time_fn(fn: Fn, device: torch.device, *, warmup: int = 3, repeats: int = 0, 
     has passed): enough calls to fill ``min_time_s``, at least 5, at most
     ``max_repeats`` (the Timing's note says when that cap cut the loop
     short); where the estimate was too slow (a busy machine), further rounds
-    of calls run until ``min_time_s`` has passed. ``flush_l2`` (CUDA only) clears the L2 cache before every timed call.
+    of calls run until ``min_time_s`` has passed. ``flush_l2`` (CUDA only)
+    clears the L2 cache before every timed call.
 
     ``energy`` (a reader of the GPU's energy counter in mJ): the energy of the
     timed calls alone, warmup excluded: the timed loop's energy less that of
