@@ -91,11 +91,21 @@ def test_files_and_functions_stay_readable(name):
             assert jit or node.end_lineno - node.lineno + 1 <= 60, f"{path}:{node.lineno} {node.name} is long"
 
 
+def text_files() -> list[Path]:
+    """The project's own text: code, configs, docs, notebooks, CI scripts; not results/, caches,
+    hidden folders or a virtual environment kept inside the checkout."""
+    def ours(p: Path) -> bool:
+        parts = p.relative_to(ROOT).parts
+        hidden = any(q.startswith(".") and q != ".ci" for q in parts)
+        return not hidden and not {"__pycache__", "results", "site-packages"} & set(parts) \
+            and not any(q.endswith(".egg-info") for q in parts)
+    return [p for p in ROOT.rglob("*") if p.is_file() and ours(p)
+            and (p.suffix in (".py", ".md", ".yaml", ".ipynb", ".toml", ".sh") or p.parent.name == ".ci")]
+
+
 def test_nothing_points_outside_the_repository():
     pattern = re.compile(r"\.\./shared\b|\b(ELFATT|GPU|STYLE|METHOD)\.md\b|\bissue [0-9]+\b")
-    files = [p for p in ROOT.rglob("*") if p.is_file() and p.suffix in (".py", ".md", ".yaml", ".ipynb", ".toml")
-             and ".git" not in p.parts and "results" not in p.parts[:1]]
-    bad = [f"{p.relative_to(ROOT)}: {m.group(0)}" for p in files for m in [pattern.search(p.read_text())] if m]
+    bad = [f"{p.relative_to(ROOT)}: {m.group(0)}" for p in text_files() for m in [pattern.search(p.read_text())] if m]
     assert bad == []
 
 
@@ -107,15 +117,9 @@ def test_every_file_the_project_names_exists():
     pattern = re.compile(r"\b((?:suite|attentions|conf|tests|benchmarks|hydra_plugins|notebooks|\.ci)/"
                          r"[A-Za-z0-9_./-]*[A-Za-z0-9_])")
     examples = {"attentions/my_attention.py", "conf/attention/my_attention.yaml"}
-    def ours(p: Path) -> bool:
-        parts = p.relative_to(ROOT).parts
-        hidden = any(q.startswith(".") and q != ".ci" for q in parts)
-        return not hidden and not {"__pycache__", "results", "site-packages"} & set(parts) \
-            and not any(q.endswith(".egg-info") for q in parts)
-    files = [p for p in ROOT.rglob("*") if p.is_file() and ours(p) and p.name != "NOTES.md"
-             and (p.suffix in (".py", ".md", ".yaml", ".ipynb", ".toml", ".sh") or p.parent.name == ".ci")]
+    files = [p for p in text_files() if p.name != "NOTES.md"]  # the notes keep the history
     bad = sorted({f"{p.relative_to(ROOT)}: {m}" for p in files for m in pattern.findall(p.read_text(errors="ignore"))
-                  if "*" not in m and m not in examples and not (ROOT / m).exists()})
+                  if m not in examples and not (ROOT / m).exists()})
     assert bad == []
 
 

@@ -8,7 +8,6 @@ instead. Run: ``pytest tests/cluster -m slurm`` (about 3 minutes on 2 cores).
 """
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import shutil
@@ -19,6 +18,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+
+from suite.sweep import lock
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ["workload=op", "workload.dim=32", "workload.heads=2", "warmup=0", "min_time_s=0", "accuracy=false", "flops_count=false",
@@ -150,10 +151,7 @@ def test_cancelled_job_becomes_a_row(tmp_path):
     assert len(said) == 1 and said[0].startswith("#1 ") and ": cancelled (Slurm job" in said[0], out  # one line
     assert {r["JobID"]: r["State"].split()[0] for r in sacct("-X", "-j", array)} == {
         f"{array}_0": "COMPLETED", f"{array}_1": "CANCELLED"}
-    lock = tmp_path / ".sweep.lock"  # the lock file may stay (flock); nobody may still hold it
-    if lock.exists():
-        with open(lock) as f:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    lock.release(lock.acquire(tmp_path)[0])  # the lock file may stay (flock); nobody still holds it
 
 
 def test_preempted_job_is_requeued_and_finishes(tmp_path):
@@ -234,7 +232,4 @@ def test_sbatch_refusal_names_the_setting(tmp_path, setting):
     assert p.returncode == 2, p.stderr[-3000:]
     err = [ln for ln in p.stderr.splitlines() if ln.strip()]
     assert len(err) == 1 and f"hydra.launcher.{setting}" in err[0], p.stderr
-    lock = tmp_path / ".sweep.lock"  # the lock file may stay (flock); nobody may still hold it
-    if lock.exists():
-        with open(lock) as f:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    lock.release(lock.acquire(tmp_path)[0])  # the lock file may stay (flock); nobody still holds it

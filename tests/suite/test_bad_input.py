@@ -102,7 +102,7 @@ BAD = [  # (command line, the start of what the one line says after "error: ")
     ("hydra.run.dir=/proc/suite", "/proc/suite cannot be created or written"),
     ("records_dir=/proc/suite", "records_dir=/proc/suite cannot be created or written"),
     ("records_dir=/dev/null/x", "records_dir=/dev/null/x: /dev/null exists and is not a folder"),
-    # the shape of an override: name=value, each name once
+    # the shape of an override: name=value
     ("elfatt", "'elfatt' is not name=value; write e.g. attention=elfatt"),
     ("=elfatt", "'=elfatt' is not name=value"),
     # sweeps: a value bad for every job stops the command before any job runs
